@@ -1,0 +1,186 @@
+r"""The mathematics of γ-cross-entropy and TaiLr, written once for the array API.
+
+Notation, per row (the class axis moved last): logits ``z``, target ``y``,
+``m = max z``, ``e_j = exp(z_j - m)``, ``R = Σ_{j≠y} e_j``, ``d = z_y - m ≤ 0``,
+``s = R + e^d = Σ_j e_j ≥ 1``.  Then, with no cancellation anywhere:
+
+* ``log s = log1p(R + expm1(d))`` (``R + expm1(d) ≥ 0``: when the target is the
+  maximum it is ``R`` itself, otherwise ``R`` holds the maximum's ``1``);
+* ``log p = d - log s`` and ``-log p = (-d) + log s``, a sum of two
+  non-negative terms;
+* ``q = 1 - p = R / s`` from the *other* classes' mass -- exact even when
+  ``1 - p`` is far below machine epsilon, where ``1 - exp(log p)`` is 0.
+
+With ``c = 1 - γ`` and ``x = c·q`` (so ``γ + c·p = 1 - x``):
+
+* ``x ≤ 1/2``: ``L = q·ψ(x)``, ``ψ(x) = -log1p(-x)/x`` (series ``1 + x/2 + x²/3``
+  below ``√eps``), which is also the continuous limit ``L = q = 1 - p`` at γ = 1;
+* ``x > 1/2`` (so ``c > 1/2``): ``L = -logaddexp(log γ, log c + log p) / c``,
+  accurate down to ``log p ≪ -700`` where ``p`` itself underflows;
+* ``w = p/(γ + c·p) = exp(-logaddexp(log γ - log p, log c))``: exactly 1 at
+  γ = 0, exactly ``p`` at γ = 1, ``0`` for a masked (``-inf``) target with γ > 0.
+
+The gradient ``k·(softmax - onehot)`` (``k = w``, or the TaiLr weight
+``clip(w, b, 1)`` held constant) is ``k·e_j/s`` off the target and ``-k·q`` on it:
+one product per component, so each is relatively accurate.  Label smoothing ε
+adds the uniform-target cross-entropy ``ε/C · Σ_j -log p_j`` and its gradient
+``ε·(softmax - 1/C)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+
+from . import _validation
+
+_SERIES_COEF = (1.0, 1.0 / 2.0, 1.0 / 3.0)
+
+
+def _log(v: float) -> float:
+    return math.log(v) if v > 0.0 else -math.inf
+
+
+def _xlog(xp, v):
+    """log of a (traced) non-negative 0-d array, -inf at 0, without warnings."""
+    pos = v > 0
+    return xp.where(pos, xp.log(xp.where(pos, v, 1.0)), -math.inf)
+
+
+def _gamma_terms(xp, lp, q, gamma):
+    """γ-CE value ``L`` and weight ``w`` from ``log p`` and ``q = 1 - p``.
+
+    ``lp`` and ``q`` are arrays of one float dtype; ``gamma`` a Python float in
+    [0, 1] or a 0-d array (traced).  See the module docstring for the regimes.
+    """
+    if isinstance(gamma, float):
+        c, log_g, log_c = 1.0 - gamma, _log(gamma), _log(1.0 - gamma)
+        c_div = max(c, 0.5)
+    else:
+        c = 1 - gamma
+        log_g, log_c = _xlog(xp, gamma), _xlog(xp, c)
+        c_div = xp.maximum(c, 0.5)
+    eps = xp.finfo(lp.dtype).eps
+    x = c * q
+    small = x <= 0.5
+    # ψ(x) = -log1p(-x)/x on [√eps, 1/2]; its series below √eps (error < eps/4).
+    series = x < math.sqrt(eps)
+    x_mid = xp.clip(x, math.sqrt(eps), 0.5)
+    psi = xp.where(series, 1.0 + x * (0.5 + x / 3.0), -xp.log1p(-x_mid) / x_mid)
+    lp_far = xp.maximum(lp, -xp.finfo(lp.dtype).max)  # keeps -inf - -inf out of w
+    big = -xp.logaddexp(log_g, log_c + lp) / c_div
+    loss = xp.where(small, q * psi, big)
+    w = xp.exp(-xp.logaddexp(log_g - lp_far, log_c))
+    return loss, w
+
+
+def gamma_ce_from_logp(logp, gamma):
+    r"""γ-CE loss ``-log(γ + (1-γ)·p) / (1-γ)`` from target log-probabilities.
+
+    Elementwise on ``logp = log p(y|x) ≤ 0``; γ = 1 gives the limit ``1 - p``.
+    Exact in every regime because ``1 - p`` is taken as ``-expm1(logp)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> float(gamma_ce_from_logp(np.asarray(-1e-20), 0.5))  # ≈ 1e-20 / (1 - 0.5·...)
+    1e-20
+    """
+    xp, lp, gamma = _logp_args(logp, gamma)
+    return _gamma_terms(xp, lp, -xp.expm1(lp), gamma)[0]
+
+
+def gamma_ce_dlogp(logp, gamma):
+    r"""Derivative of the γ-CE loss with respect to ``log p``: ``-w``, ``w = p/(γ + (1-γ)p)``.
+
+    Chain it with your own ``d log p / d θ``; for logits the result is
+    ``w·(softmax - onehot)``.
+    """
+    xp, lp, gamma = _logp_args(logp, gamma)
+    return -_gamma_terms(xp, lp, -xp.expm1(lp), gamma)[1]
+
+
+def tailr_weight(logp, gamma, threshold=0.0):
+    r"""TaiLr token weight ``clip(p/(γ + (1-γ)p), b, 1)`` from ``log p``.
+
+    The official criterion multiplies the NLL by this weight held constant
+    (stop-gradient); ``threshold = b = 0`` gives the γ-CE weight ``w``.
+    """
+    xp, lp, gamma = _logp_args(logp, gamma)
+    b = _validation.unit_interval("threshold", threshold)
+    return xp.clip(_gamma_terms(xp, lp, -xp.expm1(lp), gamma)[1], b, 1.0)
+
+
+def _logp_args(logp, gamma):
+    if not _validation._is_array(logp):
+        raise TypeError(f"logp must be an array of an array-API library, got {_validation._describe(logp)}")
+    xp = array_api_compat.array_namespace(logp)
+    if not xp.isdtype(logp.dtype, "real floating"):
+        raise TypeError(f"logp must have a real floating dtype, got {logp.dtype}")
+    return xp, logp, _validation.unit_interval("gamma", gamma)
+
+
+def value_and_grad(logits, targets, gamma, threshold, *, tailr, need_grad, axis, reduction,
+                   ignore_index, label_smoothing):
+    """Loss (reduced) and, if ``need_grad``, its gradient with respect to ``logits``.
+
+    ``tailr=False`` is γ-CE (``threshold`` unused), ``tailr=True`` the TaiLr
+    surrogate with weight ``clip(w, threshold, 1)`` held constant.
+    """
+    a = _validation.check(logits, targets, gamma, threshold, axis=axis, reduction=reduction,
+                          ignore_index=ignore_index, label_smoothing=label_smoothing)
+    xp, z, y, eps_ls = a.xp, a.z, a.y, a.label_smoothing
+    n_classes = z.shape[-1]
+
+    valid = (y != a.ignore_index) if a.ignore_index is not None else xp.ones(y.shape, dtype=xp.bool)
+    y_safe = xp.where(valid & (y >= 0) & (y < n_classes), y, 0)[..., None]
+    m = xp.max(z, axis=-1, keepdims=True)
+    bad = _validation.row_checks(xp, y, valid, m[..., 0], n_classes, (a.gamma, a.threshold))
+    row_ok = xp.isfinite(m)  # False only for ignored (or, traced, poisoned) rows
+    m = xp.where(row_ok, m, 0.0)
+
+    e = xp.exp(z - m)
+    onehot = xp.arange(n_classes, dtype=y_safe.dtype, device=array_api_compat.device(z)) == y_safe
+    R = xp.sum(xp.where(onehot, 0.0, e), axis=-1, keepdims=True)
+    d = xp.where(row_ok, xp.take_along_axis(z, y_safe, axis=-1) - m, 0.0)
+    log_s = xp.log1p(R + xp.expm1(d))
+    s = R + xp.exp(d)
+    q = R / s
+
+    loss, k = _gamma_terms(xp, d - log_s, q, a.gamma)
+    if tailr:
+        k = xp.clip(k, a.threshold, 1.0)
+        loss = k * (log_s - d)
+    if eps_ls:
+        # Σ_j -log p_j = Σ_j (m - z_j) + C·log s: non-negative terms only.
+        smooth = xp.sum(m - z, axis=-1, keepdims=True) + n_classes * log_s
+        loss = (1.0 - eps_ls) * loss + (eps_ls / n_classes) * smooth
+
+    # Per-row weight of the reduced value: 0 for ignored rows, 1/count for a
+    # mean (a mean over no counted row is 0, with a zero gradient), NaN for a
+    # poisoned row of a traced call.
+    loss = xp.where(valid, loss[..., 0], 0.0)
+    scale = xp.astype(valid, z.dtype)
+    if a.reduction == "mean":
+        scale = scale / xp.maximum(xp.sum(scale), 1.0)
+    if bad is not None:
+        loss = xp.where(bad, xp.nan, loss)
+        scale = xp.where(bad, xp.nan, scale)
+    if a.reduction != "none":
+        loss = xp.sum(loss * scale) if a.reduction == "mean" else xp.sum(loss)
+    if not need_grad:
+        return loss, None
+
+    scale = scale[..., None]
+    k1 = (1.0 - eps_ls) * k
+    on = -k1 * q  # k·(p - 1) on the target, from q = 1 - p
+    if eps_ls:
+        on = on + eps_ls * (xp.exp(d) / s - 1.0 / n_classes)
+    off = (k1 + eps_ls) / s * scale  # k·e_j/s off the target
+    grad = xp.where(onehot, on * scale, off * e)
+    if eps_ls:
+        grad = grad - xp.where(onehot, 0.0, (eps_ls / n_classes) * scale)
+    if a.axis != grad.ndim - 1:
+        grad = xp.moveaxis(grad, -1, a.axis)
+    return loss, xp.astype(grad, a.out_dtype, copy=False)

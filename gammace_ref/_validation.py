@@ -1,0 +1,182 @@
+"""Every argument check of gammace_ref, in one place.
+
+Each check raises ``TypeError`` (wrong kind of thing) or ``ValueError`` (right
+kind, wrong value) with a message that names the argument and the value.  The
+checks that need array *values* (targets in range, a finite row maximum) run
+eagerly on eager backends; on lazy ones (a ``jax.jit`` trace, Dask) they cannot
+run, so :func:`row_checks` returns a mask of the offending rows instead and the
+core turns those rows into NaN -- never into a plausible number.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Validated inputs, ready for the core.
+
+    ``z`` holds the logits in the compute dtype with the class axis moved last,
+    ``y`` the targets as the namespace's index dtype.  ``gamma`` and
+    ``threshold`` are Python floats when concrete, 0-d arrays when traced.
+    """
+
+    xp: Any
+    z: Any
+    y: Any
+    axis: int
+    out_dtype: Any
+    gamma: Any
+    threshold: Any
+    reduction: str
+    ignore_index: int | None
+    label_smoothing: float
+
+
+def _describe(x: Any) -> str:
+    return f"{type(x).__module__}.{type(x).__qualname__}"
+
+
+def _is_array(x: Any) -> bool:
+    return array_api_compat.is_array_api_obj(x) and not isinstance(x, numbers.Number)
+
+
+def unit_interval(name: str, value: Any) -> Any:
+    """``value`` as a Python float in [0, 1], or a traced 0-d array left as is."""
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) or _is_array(value)):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {_describe(value)} {value!r}")
+    if _is_array(value):
+        if getattr(value, "ndim", 0) != 0:
+            raise ValueError(f"{name} must be a scalar or a 0-d array, got shape {tuple(value.shape)}")
+        if array_api_compat.is_lazy_array(value):
+            return value  # checked in the core: out of range gives NaN
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a real number in [0, 1], got {value!r}") from exc
+    if not 0.0 <= v <= 1.0:  # also catches NaN
+        raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+    return v
+
+
+def smoothing(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"label_smoothing must be a real number in [0, 1), got {_describe(value)} {value!r}")
+    v = float(value)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {v!r}")
+    return v
+
+
+def check(logits, targets, gamma, threshold, *, axis, reduction, ignore_index, label_smoothing) -> Checked:
+    """Validate the arguments of every public loss function."""
+    for name, arr in (("logits", logits), ("targets", targets)):
+        if not _is_array(arr):
+            raise TypeError(f"{name} must be an array of an array-API library, got {_describe(arr)}")
+    try:
+        xp = array_api_compat.array_namespace(logits, targets)
+    except TypeError as exc:
+        raise TypeError(
+            f"logits ({_describe(logits)}) and targets ({_describe(targets)}) "
+            "must come from the same array library"
+        ) from exc
+    dev_l, dev_t = array_api_compat.device(logits), array_api_compat.device(targets)
+    if dev_l != dev_t:
+        raise ValueError(f"logits (on device {dev_l}) and targets (on device {dev_t}) must be on the same device")
+
+    if not xp.isdtype(logits.dtype, "real floating"):
+        raise TypeError(f"logits must have a real floating dtype, got {logits.dtype}")
+    if not xp.isdtype(targets.dtype, "integral"):
+        raise TypeError(f"targets must have an integer dtype (class indices), got {targets.dtype}")
+    if logits.ndim < 1:
+        raise ValueError("logits must have at least one dimension (the class axis), got a 0-d array")
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int, got {_describe(axis)} {axis!r}")
+    if not -logits.ndim <= axis < logits.ndim:
+        raise ValueError(f"axis {axis} is out of range for logits with {logits.ndim} dimension(s)")
+    axis = int(axis) % logits.ndim
+    n_classes = logits.shape[axis]
+    if n_classes == 0:
+        raise ValueError(f"logits has no classes: its class axis {axis} has size 0")
+    expected = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
+    if tuple(targets.shape) != expected:
+        raise ValueError(
+            f"targets shape {tuple(targets.shape)} does not match logits shape {tuple(logits.shape)} "
+            f"without class axis {axis}: expected {expected}"
+        )
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
+        raise TypeError(f"ignore_index must be an int or None, got {_describe(ignore_index)} {ignore_index!r}")
+
+    # float16 / bfloat16 (and any other narrow float) compute in float32, as
+    # the official criterion upcasts; the gradient goes back to logits.dtype.
+    compute = logits.dtype if logits.dtype in (xp.float32, xp.float64) else xp.float32
+    z = xp.astype(logits, compute, copy=False)
+    if axis != logits.ndim - 1:
+        z = xp.moveaxis(z, axis, -1)
+    index = xp.__array_namespace_info__().default_dtypes(device=dev_l)["indexing"]
+    y = xp.astype(targets, index, copy=False)
+    return Checked(
+        xp=xp,
+        z=z,
+        y=y,
+        axis=axis,
+        out_dtype=logits.dtype,
+        gamma=unit_interval("gamma", gamma),
+        threshold=unit_interval("threshold", threshold),
+        reduction=reduction,
+        ignore_index=None if ignore_index is None else int(ignore_index),
+        label_smoothing=smoothing(label_smoothing),
+    )
+
+
+def row_checks(xp, y, valid, row_max, n_classes: int, scalars=()):
+    """Value checks on targets and rows.
+
+    Eager arrays: raise ``ValueError`` for a counted target outside
+    ``[0, n_classes)`` or a counted row whose maximum is not finite (all
+    ``-inf``, or holding ``+inf``/NaN), and return ``None``.  Lazy arrays:
+    return the mask of such rows (plus every row if a traced ``gamma`` or
+    ``threshold`` in ``scalars`` is outside [0, 1]), for the core to poison.
+    """
+    out_of_range = valid & ((y < 0) | (y >= n_classes))
+    no_max = valid & ~xp.isfinite(row_max)
+    bad = out_of_range | no_max
+    if array_api_compat.is_lazy_array(y) or array_api_compat.is_lazy_array(row_max):
+        for s in scalars:
+            if _is_array(s):
+                bad = bad | ~((s >= 0) & (s <= 1))
+        return bad
+    if bool(xp.any(bad)):
+        if bool(xp.any(out_of_range)):
+            idx, val = _first(xp, out_of_range, y)
+            raise ValueError(
+                f"targets: value {val} at index {idx} is out of range [0, {n_classes}) "
+                "for the number of classes"
+            )
+        idx, val = _first(xp, no_max, row_max)
+        raise ValueError(
+            f"logits: the row at index {idx} (without the class axis) has maximum {val}; "
+            "a counted row needs a finite maximum (not all -inf, no +inf or NaN)"
+        )
+    return None
+
+
+def _first(xp, mask, values):
+    """Index (as a tuple) and value of the first True entry of ``mask``."""
+    flat = xp.reshape(mask, (-1,))
+    pos = int(xp.argmax(xp.astype(flat, xp.int32)))
+    value = xp.reshape(values, (-1,))[pos]
+    idx, rest = [], pos
+    for size in reversed(mask.shape):
+        idx.append(rest % size)
+        rest //= size
+    return tuple(reversed(idx)), (int(value) if xp.isdtype(value.dtype, "integral") else float(value))

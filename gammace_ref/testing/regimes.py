@@ -1,0 +1,124 @@
+"""The hard numerical regimes, and the worst relative error of a backend on each.
+
+Every regime is a small batch of logit rows (class axis last) with targets,
+built for a dtype (``"float32"`` or ``"float64"``: "huge" logits are ±1e300
+in float64 and ±1e38 in float32).  :func:`measure` runs gammace_ref on a
+backend over every regime × γ and compares value and every gradient component
+with :mod:`gammace_ref.testing.reference`.
+
+Relative error is ``|got - ref| / max(|ref|, tiny)``, ``tiny`` the dtype's
+smallest normal number (so results that underflow count by absolute error
+below it); equal infinities count as exact, NaN as infinitely wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+GAMMAS = (0.0, 1e-7, 0.1, 0.5, 0.8, 1.0 - 1e-9, 1.0)
+TOLERANCE = {"float64": 1e-12, "float32": 2e-5}
+TAILR_THRESHOLD = 0.2
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    what: str
+    rows: tuple
+    targets: tuple
+
+
+def _big(dtype: str) -> float:
+    return 1e300 if dtype == "float64" else 1e38
+
+
+def regimes(dtype: str = "float64", large_c: int = 100_000):
+    """The regime battery for ``dtype``; ``large_c`` sets the huge-vocabulary size."""
+    inf, big = math.inf, _big(dtype)
+    rng = random.Random(1234)
+    wide = [rng.gauss(0.0, 3.0) for _ in range(large_c)]
+    wide_max = list(wide)
+    wide_max[7] = max(wide) + 30.0
+    out = [
+        Regime("p_to_1", "target 60 (and 25) above the rest: 1-p ~ 1e-26, far below eps",
+               ((60.0, 0.0, 0.0, -1.0, 2.0), (25.0, 0.5, -3.0, 1.0, 0.0)), (0, 0)),
+        Regime("p_to_1_extreme", "target 700 above: 1-p ~ 1e-304 (underflows in float32)",
+               ((700.0, 0.0, -5.0),), (0,)),
+        Regime("p_to_0", "log p ~ -800 (p underflows): the loss stays finite and exact",
+               ((0.0, 800.0, 3.0), (-400.0, 400.0, 0.0)), (0, 0)),
+        Regime("moderate", "ordinary logits, p from 0.01 to 0.9",
+               ((0.3, -1.2, 2.0, 0.7), (1.0, 0.0, -1.0, 4.0), (2.5, 0.1, 0.2, 0.3)), (1, 0, 0)),
+        Regime("huge_logits", "logits near ±max float: ±1e300 (float64), ±1e38 (float32)",
+               ((big, big / 2, -big), (big, -big, big), (-big, big, 0.0)), (1, 2, 2)),
+        Regime("masked", "-inf (masked) logits, target masked too (p = 0)",
+               ((-inf, 3.0, 1.0, -inf), (-inf, 0.0, 1.0, 2.0), (-inf, 50.0, -inf, -inf)), (1, 0, 1)),
+        Regime("ties", "all logits equal, and a tie at the top",
+               ((2.0, 2.0, 2.0, 2.0), (5.0, 5.0, 1.0, 0.0)), (2, 1)),
+        Regime("one_class", "C = 1 (p = 1 exactly)", ((3.7,), (-1e5,)), (0, 0)),
+        Regime("two_classes", "C = 2", ((0.3, -1.2), (40.0, -1.0), (-30.0, 30.0)), (1, 0, 0)),
+        Regime("huge_vocab", f"C = {large_c}: N(0, 3) logits; the same with the target 30 above",
+               (tuple(wide), tuple(wide_max)), (3, 7)),
+    ]
+    return out
+
+
+def as_dtype_rows(regime: Regime, dtype: str):
+    """The regime's logits as a NumPy array of ``dtype`` and the exact Python floats it holds."""
+    arr = np.asarray(regime.rows, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        arr = arr.astype(dtype)
+    return arr, [[float(v) for v in r] for r in arr]
+
+
+def rel_err(got, ref, dtype: str) -> float:
+    """Worst relative error of float array ``got`` against mpmath numbers ``ref`` (same shape).
+
+    The reference is rounded to float64 first (≤ 1.1e-16 relative, far below
+    any tolerance here).
+    """
+    tiny = float(np.finfo(dtype).tiny)
+    g = np.asarray(got, dtype=np.float64).ravel()
+    r = np.array([float(v) for v in np.asarray(ref, dtype=object).ravel()])
+    same = (g == r) | (np.isnan(g) & np.isnan(r))
+    with np.errstate(invalid="ignore"):
+        err = np.abs(g - r) / np.maximum(np.abs(r), tiny)
+    err = np.where(same, 0.0, np.where(np.isnan(err), np.inf, err))
+    return float(err.max(initial=0.0))
+
+
+def measure(to_backend, from_backend, dtype="float64", gammas=GAMMAS, large_c=100_000, loss_fns=None,
+            progress=None):
+    """Worst relative error per regime, for ``gamma_ce`` and ``tailr`` (b = 0.2).
+
+    ``to_backend(np_array)`` makes an array of the backend under test,
+    ``from_backend(arr)`` a NumPy array from it.  Returns
+    ``{(regime, loss): (worst_value_err, worst_grad_err)}``.
+    """
+    from .. import gamma_ce_value_and_grad, tailr_value_and_grad
+    from . import reference
+
+    fns = loss_fns or {
+        "gamma_ce": (lambda z, y, g: gamma_ce_value_and_grad(z, y, g, reduction="none"), None),
+        "tailr": (lambda z, y, g: tailr_value_and_grad(z, y, g, TAILR_THRESHOLD, reduction="none"),
+                  TAILR_THRESHOLD),
+    }
+    out = {}
+    for regime in regimes(dtype, large_c):
+        arr, rows = as_dtype_rows(regime, dtype)
+        z = to_backend(arr)
+        y = to_backend(np.asarray(regime.targets, dtype=np.int64))
+        for name, (fn, b) in fns.items():
+            worst_v = worst_g = 0.0
+            for g in gammas:
+                loss, grad = fn(z, y, g)
+                ref_l, ref_g = reference.batch(rows, regime.targets, g, threshold=b)
+                worst_v = max(worst_v, rel_err(from_backend(loss), ref_l, dtype))
+                worst_g = max(worst_g, rel_err(from_backend(grad), ref_g, dtype))
+            out[(regime.name, name)] = (worst_v, worst_g)
+            if progress:
+                progress(regime.name, name)
+    return out
