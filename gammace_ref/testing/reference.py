@@ -62,8 +62,12 @@ def row(z, y, gamma, threshold=None, label_smoothing=0.0, dps=DPS):
         k = (1 - eps) * w
         if eps:
             loss = (1 - eps) * loss + eps / C * (mpmath.fsum(top - v for v in zs) + C * log_sum)
-        grad = [k * p[j] + eps * (p[j] - mpf(1) / C) for j in range(C)]
-        grad[y] = -k * q + eps * (p[y] - mpf(1) / C)
+        if eps:
+            grad = [(k + eps) * pj - eps / C for pj in p]
+            grad[y] = -k * q + eps * (p[y] - mpf(1) / C)
+        else:
+            grad = [k * pj for pj in p]
+            grad[y] = -k * q
         return loss, grad
 
 

@@ -13,6 +13,7 @@ below it); equal infinities count as exact, NaN as infinitely wrong.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ def _big(dtype: str) -> float:
     return 1e300 if dtype == "float64" else 1e38
 
 
+@functools.lru_cache(maxsize=8)
 def regimes(dtype: str = "float64", large_c: int = 100_000):
     """The regime battery for ``dtype``; ``large_c`` sets the huge-vocabulary size."""
     inf, big = math.inf, _big(dtype)
@@ -43,7 +45,7 @@ def regimes(dtype: str = "float64", large_c: int = 100_000):
     wide = [rng.gauss(0.0, 3.0) for _ in range(large_c)]
     wide_max = list(wide)
     wide_max[7] = max(wide) + 30.0
-    out = [
+    return (
         Regime("p_to_1", "target 60 (and 25) above the rest: 1-p ~ 1e-26, far below eps",
                ((60.0, 0.0, 0.0, -1.0, 2.0), (25.0, 0.5, -3.0, 1.0, 0.0)), (0, 0)),
         Regime("p_to_1_extreme", "target 700 above: 1-p ~ 1e-304 (underflows in float32)",
@@ -62,8 +64,7 @@ def regimes(dtype: str = "float64", large_c: int = 100_000):
         Regime("two_classes", "C = 2", ((0.3, -1.2), (40.0, -1.0), (-30.0, 30.0)), (1, 0, 0)),
         Regime("huge_vocab", f"C = {large_c}: N(0, 3) logits; the same with the target 30 above",
                (tuple(wide), tuple(wide_max)), (3, 7)),
-    ]
-    return out
+    )
 
 
 def as_dtype_rows(regime: Regime, dtype: str):
@@ -78,11 +79,11 @@ def rel_err(got, ref, dtype: str) -> float:
     """Worst relative error of float array ``got`` against mpmath numbers ``ref`` (same shape).
 
     The reference is rounded to float64 first (≤ 1.1e-16 relative, far below
-    any tolerance here).
+    any tolerance here); ``ref`` may already be such a float64 array.
     """
     tiny = float(np.finfo(dtype).tiny)
     g = np.asarray(got, dtype=np.float64).ravel()
-    r = np.array([float(v) for v in np.asarray(ref, dtype=object).ravel()])
+    r = to_float64(ref).ravel()
     same = (g == r) | (np.isnan(g) & np.isnan(r))
     with np.errstate(invalid="ignore"):
         err = np.abs(g - r) / np.maximum(np.abs(r), tiny)
@@ -90,16 +91,35 @@ def rel_err(got, ref, dtype: str) -> float:
     return float(err.max(initial=0.0))
 
 
+def to_float64(ref):
+    """mpmath numbers (any nesting) rounded to a float64 NumPy array."""
+    if isinstance(ref, np.ndarray) and ref.dtype == np.float64:
+        return ref
+    obj = np.asarray(ref, dtype=object)
+    return np.array([float(v) for v in obj.ravel()], dtype=np.float64).reshape(obj.shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(name, dtype, large_c, gamma, threshold):
+    """mpmath reference of one regime (rounded to float64), computed once per process."""
+    from . import reference
+
+    regime = next(r for r in regimes(dtype, large_c) if r.name == name)
+    loss, grad = reference.batch(as_dtype_rows(regime, dtype)[1], regime.targets, gamma, threshold=threshold)
+    return to_float64(loss), to_float64(grad)
+
+
 def measure(to_backend, from_backend, dtype="float64", gammas=GAMMAS, large_c=100_000, loss_fns=None,
-            progress=None):
+            only=None, progress=None):
     """Worst relative error per regime, for ``gamma_ce`` and ``tailr`` (b = 0.2).
 
     ``to_backend(np_array)`` makes an array of the backend under test,
-    ``from_backend(arr)`` a NumPy array from it.  Returns
+    ``from_backend(arr)`` a NumPy array from it; ``loss_fns`` replaces the
+    functions run (name -> (fn(z, y, gamma) -> (loss, grad), threshold)),
+    ``only`` restricts the regimes by name.  Returns
     ``{(regime, loss): (worst_value_err, worst_grad_err)}``.
     """
     from .. import gamma_ce_value_and_grad, tailr_value_and_grad
-    from . import reference
 
     fns = loss_fns or {
         "gamma_ce": (lambda z, y, g: gamma_ce_value_and_grad(z, y, g, reduction="none"), None),
@@ -108,6 +128,8 @@ def measure(to_backend, from_backend, dtype="float64", gammas=GAMMAS, large_c=10
     }
     out = {}
     for regime in regimes(dtype, large_c):
+        if only is not None and regime.name not in only:
+            continue
         arr, rows = as_dtype_rows(regime, dtype)
         z = to_backend(arr)
         y = to_backend(np.asarray(regime.targets, dtype=np.int64))
@@ -115,7 +137,7 @@ def measure(to_backend, from_backend, dtype="float64", gammas=GAMMAS, large_c=10
             worst_v = worst_g = 0.0
             for g in gammas:
                 loss, grad = fn(z, y, g)
-                ref_l, ref_g = reference.batch(rows, regime.targets, g, threshold=b)
+                ref_l, ref_g = _reference(regime.name, dtype, large_c, g, b)
                 worst_v = max(worst_v, rel_err(from_backend(loss), ref_l, dtype))
                 worst_g = max(worst_g, rel_err(from_backend(grad), ref_g, dtype))
             out[(regime.name, name)] = (worst_v, worst_g)
