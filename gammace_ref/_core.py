@@ -133,7 +133,8 @@ def value_and_grad(logits, targets, gamma, threshold, *, tailr, need_grad, axis,
     xp, z, y, eps_ls = a.xp, a.z, a.y, a.label_smoothing
     n_classes = z.shape[-1]
 
-    valid = (y != a.ignore_index) if a.ignore_index is not None else xp.ones(y.shape, dtype=xp.bool)
+    dev = array_api_compat.device(z)
+    valid = (y != a.ignore_index) if a.ignore_index is not None else xp.ones(y.shape, dtype=xp.bool, device=dev)
     y_safe = xp.where(valid & (y >= 0) & (y < n_classes), y, 0)[..., None]
     m = xp.max(z, axis=-1, keepdims=True)
     bad = _validation.row_checks(xp, y, valid, m[..., 0], n_classes, (a.gamma, a.threshold))
@@ -141,7 +142,7 @@ def value_and_grad(logits, targets, gamma, threshold, *, tailr, need_grad, axis,
     m = xp.where(row_ok, m, 0.0)
 
     e = xp.exp(z - m)
-    onehot = xp.arange(n_classes, dtype=y_safe.dtype, device=array_api_compat.device(z)) == y_safe
+    onehot = xp.arange(n_classes, dtype=y_safe.dtype, device=dev) == y_safe
     R = xp.sum(xp.where(onehot, 0.0, e), axis=-1, keepdims=True)
     d = xp.where(row_ok, xp.take_along_axis(z, y_safe, axis=-1) - m, 0.0)
     log_s = xp.log1p(R + xp.expm1(d))

@@ -3,8 +3,8 @@
 Each check raises ``TypeError`` (wrong kind of thing) or ``ValueError`` (right
 kind, wrong value) with a message that names the argument and the value.  The
 checks that need array *values* (targets in range, a finite row maximum) run
-eagerly on eager backends; on lazy ones (a ``jax.jit`` trace, Dask) they cannot
-run, so :func:`row_checks` returns a mask of the offending rows instead and the
+eagerly on eager backends; on traced ones (``jax.jit``), where reading a value
+raises ``TypeError`` as the standard specifies, they cannot run, so :func:`row_checks` returns a mask of the offending rows instead and the
 core turns those rows into NaN -- never into a plausible number.
 """
 
@@ -41,7 +41,8 @@ class Checked:
 
 
 def _describe(x: Any) -> str:
-    return f"{type(x).__module__}.{type(x).__qualname__}"
+    mod = type(x).__module__
+    return type(x).__qualname__ if mod == "builtins" else f"{mod}.{type(x).__qualname__}"
 
 
 def _is_array(x: Any) -> bool:
@@ -52,15 +53,14 @@ def unit_interval(name: str, value: Any) -> Any:
     """``value`` as a Python float in [0, 1], or a traced 0-d array left as is."""
     if isinstance(value, bool) or not (isinstance(value, numbers.Real) or _is_array(value)):
         raise TypeError(f"{name} must be a real number in [0, 1], got {_describe(value)} {value!r}")
-    if _is_array(value):
-        if getattr(value, "ndim", 0) != 0:
-            raise ValueError(f"{name} must be a scalar or a 0-d array, got shape {tuple(value.shape)}")
-        if array_api_compat.is_lazy_array(value):
-            return value  # checked in the core: out of range gives NaN
+    if _is_array(value) and getattr(value, "ndim", 0) != 0:
+        raise ValueError(f"{name} must be a scalar or a 0-d array, got shape {tuple(value.shape)}")
     try:
         v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a real number in [0, 1], got {value!r}") from exc
+    except TypeError:
+        if _is_array(value):
+            return value  # traced: no value to check; out of range gives NaN in the core
+        raise
     if not 0.0 <= v <= 1.0:  # also catches NaN
         raise ValueError(f"{name} must be in [0, 1], got {v!r}")
     return v
@@ -141,21 +141,23 @@ def check(logits, targets, gamma, threshold, *, axis, reduction, ignore_index, l
 def row_checks(xp, y, valid, row_max, n_classes: int, scalars=()):
     """Value checks on targets and rows.
 
-    Eager arrays: raise ``ValueError`` for a counted target outside
+    Readable arrays: raise ``ValueError`` for a counted target outside
     ``[0, n_classes)`` or a counted row whose maximum is not finite (all
-    ``-inf``, or holding ``+inf``/NaN), and return ``None``.  Lazy arrays:
+    ``-inf``, or holding ``+inf``/NaN), and return ``None``.  Traced arrays:
     return the mask of such rows (plus every row if a traced ``gamma`` or
     ``threshold`` in ``scalars`` is outside [0, 1]), for the core to poison.
     """
     out_of_range = valid & ((y < 0) | (y >= n_classes))
     no_max = valid & ~xp.isfinite(row_max)
     bad = out_of_range | no_max
-    if array_api_compat.is_lazy_array(y) or array_api_compat.is_lazy_array(row_max):
+    try:
+        any_bad = bool(xp.any(bad))
+    except TypeError:  # the standard's answer of a traced array: values unknown
         for s in scalars:
             if _is_array(s):
                 bad = bad | ~((s >= 0) & (s <= 1))
         return bad
-    if bool(xp.any(bad)):
+    if any_bad:
         if bool(xp.any(out_of_range)):
             idx, val = _first(xp, out_of_range, y)
             raise ValueError(
@@ -164,8 +166,8 @@ def row_checks(xp, y, valid, row_max, n_classes: int, scalars=()):
             )
         idx, val = _first(xp, no_max, row_max)
         raise ValueError(
-            f"logits: the row at index {idx} (without the class axis) has maximum {val}; "
-            "a counted row needs a finite maximum (not all -inf, no +inf or NaN)"
+            f"logits: the row at index {idx} has maximum {val} "
+            "(a counted row needs a finite maximum: not all -inf, no +inf or NaN)"
         )
     return None
 

@@ -33,9 +33,12 @@ class Backend(enum.Enum):
 
 class BackendUnderTest:
     def __init__(self, kind: Backend):
+        import array_api_compat
+
         self.kind = kind
-        self.xp = importlib.import_module(kind.module)
+        self.module = importlib.import_module(kind.module)
         self.lazy = kind is Backend.JAX_JIT
+        self.xp = array_api_compat.array_namespace(self.asarray(np.zeros(1)))  # array-API namespace
 
     def __repr__(self):
         return self.kind.value
@@ -46,7 +49,7 @@ class BackendUnderTest:
             import torch
 
             return torch.from_numpy(a.copy())
-        return self.xp.asarray(a)
+        return self.module.asarray(a)
 
     def numpy(self, a):
         if self.kind is Backend.TORCH:
