@@ -64,8 +64,10 @@ def gamma_ce_value_and_grad(logits, targets, gamma, *, axis=-1, reduction="mean"
     >>> from gammace_ref import gamma_ce_value_and_grad
     >>> z = np.array([[60.0, 0.0, 0.0]])       # p = 1 - 1.75e-26
     >>> loss, g = gamma_ce_value_and_grad(z, np.array([0]), 0.1)
-    >>> float(loss)                             # ≈ 1 - p: not 0
-    1.7502... e-26
+    >>> float(loss)                             # ≈ 1 - p, not 0
+    1.751302152539304e-26
+    >>> float(g[0, 0])                          # -w·(1 - p), not 0
+    -1.751302152539304e-26
     """
     return _run(logits, targets, gamma, 0.0, False, True, axis, reduction, ignore_index, label_smoothing)
 

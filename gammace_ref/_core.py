@@ -84,7 +84,7 @@ def gamma_ce_from_logp(logp, gamma):
     Examples
     --------
     >>> import numpy as np
-    >>> float(gamma_ce_from_logp(np.asarray(-1e-20), 0.5))  # ≈ 1e-20 / (1 - 0.5·...)
+    >>> float(gamma_ce_from_logp(np.asarray(-1e-20), 0.5))  # 1 - p = 1e-20
     1e-20
     """
     xp, lp, gamma = _logp_args(logp, gamma)

@@ -1,0 +1,92 @@
+"""The array libraries gammace_ref is checked on, and how to reach each.
+
+Used by the test suite (one ``backend`` fixture) and by ``gammace-ref
+accuracy``.  Each :class:`Backend` knows its module, whether it is usable
+here (:func:`availability` says why not), how to make an array from a NumPy
+one and back, and how to call a function on its arrays -- under
+``jax.jit`` for ``JAX_JIT``, with the non-array arguments closed over.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import importlib
+
+import numpy as np
+
+
+class Backend(enum.Enum):
+    NUMPY = "numpy"
+    ARRAY_API_STRICT = "array_api_strict"
+    TORCH = "torch"
+    JAX = "jax"
+    JAX_JIT = "jax.jit"
+    CUPY = "cupy"
+
+    @property
+    def module_name(self) -> str:
+        return "jax.numpy" if self.value.startswith("jax") else self.value
+
+
+@functools.cache
+def availability(kind: Backend) -> str | None:
+    """``None`` if ``kind`` can run here, else the reason it cannot."""
+    try:
+        importlib.import_module(kind.module_name)
+    except ImportError as exc:
+        return f"{kind.value} is not installed ({exc})"
+    if kind is Backend.CUPY:
+        import cupy
+
+        try:
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                return "cupy is installed but no CUDA device is present"
+        except Exception as exc:  # no driver or no runtime: CuPy raises its own types
+            return f"cupy is installed but CUDA is unusable ({type(exc).__name__}: {exc})"
+    if kind in (Backend.JAX, Backend.JAX_JIT):
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # float64 checks need it; float32 still works
+    return None
+
+
+class BackendUnderTest:
+    """One usable backend: ``asarray`` / ``numpy`` converters and ``call``."""
+
+    def __init__(self, kind: Backend):
+        import array_api_compat
+
+        reason = availability(kind)
+        if reason:
+            raise RuntimeError(reason)
+        self.kind = kind
+        self.module = importlib.import_module(kind.module_name)
+        self.lazy = kind is Backend.JAX_JIT
+        self.xp = array_api_compat.array_namespace(self.asarray(np.zeros(1)))
+
+    def __repr__(self):
+        return self.kind.value
+
+    def asarray(self, a):
+        a = np.asarray(a)
+        if self.kind is Backend.TORCH:
+            return self.module.from_numpy(a.copy())
+        return self.module.asarray(a)
+
+    def numpy(self, a):
+        if self.kind is Backend.TORCH:
+            a = a.detach().cpu()
+            return (a.float() if a.dtype == self.module.bfloat16 else a).numpy()
+        if self.kind is Backend.CUPY:
+            return a.get()
+        if self.kind is Backend.ARRAY_API_STRICT:
+            return np.from_dlpack(a)
+        return np.asarray(a)
+
+    def call(self, fn, *arrays, **kwargs):
+        if self.lazy:
+            import jax
+
+            return jax.jit(lambda *a: fn(*a, **kwargs))(*arrays)
+        return fn(*arrays, **kwargs)
