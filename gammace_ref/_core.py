@@ -178,10 +178,10 @@ def value_and_grad(logits, targets, gamma, threshold, *, tailr, need_grad, axis,
     on = -k1 * q  # k·(p - 1) on the target, from q = 1 - p
     if eps_ls:
         on = on + eps_ls * (xp.exp(d) / s - 1.0 / n_classes)
-    off = (k1 + eps_ls) / s * scale  # k·e_j/s off the target
-    grad = xp.where(onehot, on * scale, off * e)
+    off = (k1 + eps_ls) / s * scale * e  # k·e_j/s off the target
     if eps_ls:
-        grad = grad - xp.where(onehot, 0.0, (eps_ls / n_classes) * scale)
+        off = off - (eps_ls / n_classes) * scale
+    grad = xp.where(onehot, on * scale, off)
     if a.axis != grad.ndim - 1:
         grad = xp.moveaxis(grad, -1, a.axis)
     return loss, xp.astype(grad, a.out_dtype, copy=False)
