@@ -130,15 +130,34 @@ def value_and_grad(logits, targets, gamma, threshold, *, tailr, need_grad, axis,
     """
     a = _validation.check(logits, targets, gamma, threshold, axis=axis, reduction=reduction,
                           ignore_index=ignore_index, label_smoothing=label_smoothing)
-    xp, z, y, eps_ls = a.xp, a.z, a.y, a.label_smoothing
-    n_classes = z.shape[-1]
+    loss, grad = compute(a.xp, a.z, a.y, a.gamma, a.threshold, tailr=tailr, need_grad=need_grad,
+                         reduction=a.reduction, ignore_index=a.ignore_index, label_smoothing=a.label_smoothing)
+    return loss, (None if grad is None else restore_layout(a, grad))
 
+
+def restore_layout(a, grad):
+    """Gradient from the compute layout (class axis last, compute dtype) to the logits' own."""
+    if a.axis != grad.ndim - 1:
+        grad = a.xp.moveaxis(grad, -1, a.axis)
+    return a.xp.astype(grad, a.out_dtype, copy=False)
+
+
+def compute(xp, z, y, gamma, threshold, *, tailr, need_grad, reduction, ignore_index, label_smoothing,
+            check_values=True):
+    """The computation on validated inputs: ``z`` float32/64 with classes last, ``y`` index dtype.
+
+    ``check_values=False`` never reads an array value on the host (for
+    compilers that trace it): invalid rows become NaN instead of raising.
+    Returns the reduced loss and the gradient in the compute layout.
+    """
+    eps_ls = label_smoothing
+    n_classes = z.shape[-1]
     dev = array_api_compat.device(z)
-    valid = (y != a.ignore_index) if a.ignore_index is not None else xp.ones(y.shape, dtype=xp.bool, device=dev)
+    valid = (y != ignore_index) if ignore_index is not None else xp.ones(y.shape, dtype=xp.bool, device=dev)
     y_safe = xp.where(valid & (y >= 0) & (y < n_classes), y, 0)[..., None]
     m = xp.max(z, axis=-1, keepdims=True)
-    bad = _validation.row_checks(xp, y, valid, m[..., 0], n_classes, (a.gamma, a.threshold))
-    row_ok = xp.isfinite(m)  # False only for ignored (or, traced, poisoned) rows
+    bad = _validation.row_checks(xp, y, valid, m[..., 0], n_classes, (gamma, threshold), read=check_values)
+    row_ok = xp.isfinite(m)  # False only for ignored (or poisoned) rows
     m = xp.where(row_ok, m, 0.0)
 
     e = xp.exp(z - m)
@@ -149,9 +168,9 @@ def value_and_grad(logits, targets, gamma, threshold, *, tailr, need_grad, axis,
     s = R + xp.exp(d)
     q = R / s
 
-    loss, k = _gamma_terms(xp, d - log_s, q, a.gamma)
+    loss, k = _gamma_terms(xp, d - log_s, q, gamma)
     if tailr:
-        k = xp.clip(k, a.threshold, 1.0)
+        k = xp.clip(k, threshold, 1.0)
         loss = k * (log_s - d)
     if eps_ls:
         # Σ_j -log p_j = Σ_j (m - z_j) + C·log s: non-negative terms only.
@@ -160,28 +179,27 @@ def value_and_grad(logits, targets, gamma, threshold, *, tailr, need_grad, axis,
 
     # Per-row weight of the reduced value: 0 for ignored rows, 1/count for a
     # mean (a mean over no counted row is 0, with a zero gradient), NaN for a
-    # poisoned row of a traced call.
+    # poisoned row.
     loss = xp.where(valid, loss[..., 0], 0.0)
     scale = xp.astype(valid, z.dtype)
-    if a.reduction == "mean":
+    if reduction == "mean":
         scale = scale / xp.maximum(xp.sum(scale), 1.0)
     if bad is not None:
         loss = xp.where(bad, xp.nan, loss)
         scale = xp.where(bad, xp.nan, scale)
-    if a.reduction != "none":
-        loss = xp.sum(loss * scale) if a.reduction == "mean" else xp.sum(loss)
+    if reduction != "none":
+        loss = xp.sum(loss * scale) if reduction == "mean" else xp.sum(loss)
     if not need_grad:
         return loss, None
 
+    # k·(softmax - onehot) [+ ε·(softmax - 1/C)], scaled per row.  `e` is
+    # rebound rather than kept, so at most two N×C float arrays live at once.
     scale = scale[..., None]
     k1 = (1.0 - eps_ls) * k
     on = -k1 * q  # k·(p - 1) on the target, from q = 1 - p
     if eps_ls:
         on = on + eps_ls * (xp.exp(d) / s - 1.0 / n_classes)
-    off = (k1 + eps_ls) / s * scale * e  # k·e_j/s off the target
+    e = e * ((k1 + eps_ls) / s * scale)  # k·e_j/s off the target
     if eps_ls:
-        off = off - (eps_ls / n_classes) * scale
-    grad = xp.where(onehot, on * scale, off)
-    if a.axis != grad.ndim - 1:
-        grad = xp.moveaxis(grad, -1, a.axis)
-    return loss, xp.astype(grad, a.out_dtype, copy=False)
+        e = e - (eps_ls / n_classes) * scale
+    return loss, xp.where(onehot, on * scale, e)

@@ -138,21 +138,21 @@ def check(logits, targets, gamma, threshold, *, axis, reduction, ignore_index, l
     )
 
 
-def row_checks(xp, y, valid, row_max, n_classes: int, scalars=()):
+def row_checks(xp, y, valid, row_max, n_classes: int, scalars=(), read=True):
     """Value checks on targets and rows.
 
     Readable arrays: raise ``ValueError`` for a counted target outside
     ``[0, n_classes)`` or a counted row whose maximum is not finite (all
-    ``-inf``, or holding ``+inf``/NaN), and return ``None``.  Traced arrays:
+    ``-inf``, or holding ``+inf``/NaN), and return ``None``.  Traced arrays
+    (or ``read=False``, for a compiler tracing the call):
     return the mask of such rows (plus every row if a traced ``gamma`` or
     ``threshold`` in ``scalars`` is outside [0, 1]), for the core to poison.
     """
     out_of_range = valid & ((y < 0) | (y >= n_classes))
     no_max = valid & ~xp.isfinite(row_max)
     bad = out_of_range | no_max
-    try:
-        any_bad = bool(xp.any(bad))
-    except TypeError:  # the standard's answer of a traced array: values unknown
+    any_bad = _read_any(xp, bad) if read else None
+    if any_bad is None:  # values unknown: poison the rows instead
         for s in scalars:
             if _is_array(s):
                 bad = bad | ~((s >= 0) & (s <= 1))
@@ -170,6 +170,14 @@ def row_checks(xp, y, valid, row_max, n_classes: int, scalars=()):
             "(a counted row needs a finite maximum: not all -inf, no +inf or NaN)"
         )
     return None
+
+
+def _read_any(xp, mask):
+    """``bool(any(mask))``, or ``None`` for a traced array (the standard's ``TypeError``)."""
+    try:
+        return bool(xp.any(mask))
+    except TypeError:
+        return None
 
 
 def _first(xp, mask, values):
