@@ -55,12 +55,15 @@ def _gamma_terms(xp, lp, q, gamma):
     [0, 1] or a 0-d array (traced).  See the module docstring for the regimes.
     """
     if isinstance(gamma, float):
-        c, log_g, log_c = 1.0 - gamma, _log(gamma), _log(1.0 - gamma)
-        c_div = max(c, 0.5)
+        consts = (1.0 - gamma, _log(gamma), _log(1.0 - gamma), max(1.0 - gamma, 0.5))
     else:
         c = 1 - gamma
-        log_g, log_c = _xlog(xp, gamma), _xlog(xp, c)
-        c_div = xp.maximum(c, 0.5)
+        consts = (c, _xlog(xp, gamma), _xlog(xp, c), xp.clip(c, 0.5, None))
+    # 0-d arrays of the compute dtype (computed in double, rounded once): every
+    # operation below is then array-array, the form every library and
+    # tracing compiler handles alike.
+    c, log_g, log_c, c_div = (xp.asarray(v, dtype=lp.dtype, device=array_api_compat.device(lp))
+                              if isinstance(v, float) else xp.astype(v, lp.dtype) for v in consts)
     eps = xp.finfo(lp.dtype).eps
     x = c * q
     small = x <= 0.5
@@ -68,7 +71,7 @@ def _gamma_terms(xp, lp, q, gamma):
     series = x < math.sqrt(eps)
     x_mid = xp.clip(x, math.sqrt(eps), 0.5)
     psi = xp.where(series, 1.0 + x * (0.5 + x / 3.0), -xp.log1p(-x_mid) / x_mid)
-    lp_far = xp.maximum(lp, -xp.finfo(lp.dtype).max)  # keeps -inf - -inf out of w
+    lp_far = xp.clip(lp, -xp.finfo(lp.dtype).max, None)  # keeps -inf - -inf out of w
     big = -xp.logaddexp(log_g, log_c + lp) / c_div
     loss = xp.where(small, q * psi, big)
     w = xp.exp(-xp.logaddexp(log_g - lp_far, log_c))
@@ -183,7 +186,7 @@ def compute(xp, z, y, gamma, threshold, *, tailr, need_grad, reduction, ignore_i
     loss = xp.where(valid, loss[..., 0], 0.0)
     scale = xp.astype(valid, z.dtype)
     if reduction == "mean":
-        scale = scale / xp.maximum(xp.sum(scale), 1.0)
+        scale = scale / xp.clip(xp.sum(scale), 1.0, None)
     if bad is not None:
         loss = xp.where(bad, xp.nan, loss)
         scale = xp.where(bad, xp.nan, scale)
