@@ -88,7 +88,7 @@ def check(logits, targets, gamma, threshold, *, axis, reduction, ignore_index, l
             "must come from the same array library"
         ) from exc
     dev_l, dev_t = array_api_compat.device(logits), array_api_compat.device(targets)
-    if dev_l != dev_t:
+    if dev_l is not None and dev_t is not None and dev_l != dev_t:  # None: traced, placement unknown
         raise ValueError(f"logits (on device {dev_l}) and targets (on device {dev_t}) must be on the same device")
 
     if not xp.isdtype(logits.dtype, "real floating"):
