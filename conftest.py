@@ -1,5 +1,29 @@
-# Doctest collection imports every module of the package: skip the adapters
-# whose framework is not installed here.
+"""Shared by ``tests/`` (unit tests) and ``conformance/`` (the oracle suite).
+
+The ``backend`` fixture runs a test once per backend of
+:mod:`gammace_ref.testing.backends`; a backend whose library is absent here
+(or CuPy without a GPU) is skipped with that reason.
+"""
+
 import importlib.util
 
+import pytest
+
+from gammace_ref.testing.backends import Backend, BackendUnderTest, availability
+
+# Doctest collection imports every module of the package: skip the adapters
+# whose framework is not installed here.
 collect_ignore = [f"gammace_ref/{m}.py" for m in ("torch", "jax") if importlib.util.find_spec(m) is None]
+
+
+@pytest.fixture(params=list(Backend), ids=lambda b: b.value)
+def backend(request) -> BackendUnderTest:
+    reason = availability(request.param)
+    if reason:
+        pytest.skip(reason)
+    return BackendUnderTest(request.param)
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request) -> str:
+    return request.param
