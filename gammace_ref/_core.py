@@ -48,7 +48,7 @@ def _xlog(xp, v):
     return xp.where(pos, xp.log(xp.where(pos, v, 1.0)), -math.inf)
 
 
-def _gamma_terms(xp, lp, q, gamma):
+def _gamma_terms(xp, lp, q, gamma, device=None):
     """γ-CE value ``L`` and weight ``w`` from ``log p`` and ``q = 1 - p``.
 
     ``lp`` and ``q`` are arrays of one float dtype; ``gamma`` a Python float in
@@ -62,7 +62,8 @@ def _gamma_terms(xp, lp, q, gamma):
     # 0-d arrays of the compute dtype (computed in double, rounded once): every
     # operation below is then array-array, the form every library and
     # tracing compiler handles alike.
-    c, log_g, log_c, c_div = (xp.asarray(v, dtype=lp.dtype, device=array_api_compat.device(lp))
+    dev = array_api_compat.device(lp) if device is None else device
+    c, log_g, log_c, c_div = (xp.asarray(v, dtype=lp.dtype, device=dev)
                               if isinstance(v, float) else xp.astype(v, lp.dtype) for v in consts)
     eps = xp.finfo(lp.dtype).eps
     x = c * q
@@ -146,16 +147,18 @@ def restore_layout(a, grad):
 
 
 def compute(xp, z, y, gamma, threshold, *, tailr, need_grad, reduction, ignore_index, label_smoothing,
-            check_values=True):
+            check_values=True, device=None):
     """The computation on validated inputs: ``z`` float32/64 with classes last, ``y`` index dtype.
 
     ``check_values=False`` never reads an array value on the host (for
     compilers that trace it): invalid rows become NaN instead of raising.
+    ``device`` is ``z``'s device when the caller knows it (a tracing compiler
+    then need not trace ``array_api_compat.device``).
     Returns the reduced loss and the gradient in the compute layout.
     """
     eps_ls = label_smoothing
     n_classes = z.shape[-1]
-    dev = array_api_compat.device(z)
+    dev = array_api_compat.device(z) if device is None else device
     valid = (y != ignore_index) if ignore_index is not None else xp.ones(y.shape, dtype=xp.bool, device=dev)
     y_safe = xp.where(valid & (y >= 0) & (y < n_classes), y, 0)[..., None]
     m = xp.max(z, axis=-1, keepdims=True)
@@ -171,7 +174,7 @@ def compute(xp, z, y, gamma, threshold, *, tailr, need_grad, reduction, ignore_i
     s = R + xp.exp(d)
     q = R / s
 
-    loss, k = _gamma_terms(xp, d - log_s, q, gamma)
+    loss, k = _gamma_terms(xp, d - log_s, q, gamma, dev)
     if tailr:
         k = xp.clip(k, threshold, 1.0)
         loss = k * (log_s - d)

@@ -153,8 +153,8 @@ def row_checks(xp, y, valid, row_max, n_classes: int, scalars=(), read=True):
     bad = out_of_range | no_max
     any_bad = _read_any(xp, bad) if read else None
     if any_bad is None:  # values unknown: poison the rows instead
-        for s in scalars:
-            if _is_array(s):
+        for s in scalars:  # a float from unit_interval, or a 0-d (traced) array
+            if not isinstance(s, numbers.Real):
                 bad = bad | ~((s >= 0) & (s <= 1))
         return bad
     if any_bad:

@@ -1,0 +1,257 @@
+"""Speed and memory of gammace_ref against each framework's native cross-entropy.
+
+    python benchmarks/speed.py                       # every backend installed here
+    python benchmarks/speed.py --only torch --shapes 4096x32000 --json out.json
+
+For each shape (default N×C = 4096×32000 and 1024×128000, float32 logits) and
+backend, the candidates and their baseline run side by side in this one
+process: each is warmed up, then the candidates of a group are timed in turn,
+``--repeats`` rounds (alternating, so drift hits all alike), and the table
+gives the medians and the ratio to the group's baseline.  Device work is
+synchronised before the clock stops (CUDA synchronize, ``block_until_ready``).
+
+Memory: the peak extra bytes of one call beyond what was allocated before it,
+as a multiple of the logits' bytes.  On CPU it is the process's peak RSS
+(``VmHWM``, reset through ``/proc/self/clear_refs``; Linux only); on CUDA
+``torch.cuda.max_memory_allocated``.  Both count the returned gradient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import gammace_ref as G
+
+GAMMA, THRESHOLD = 0.1, 0.2
+GOALS = {  # ratio to the group's baseline that issue 4 asks for
+    "torch adapter, loss.backward() (default: compiled core)": 0.6,
+    "torch eager gamma_ce_value_and_grad": 1.5,
+    "jax.jit(gamma_ce_value_and_grad)": 1.0,
+    "jax.grad through gammace_ref.jax.gamma_ce (jit)": 1.0,
+    "numpy gamma_ce_value_and_grad": 4.0,
+}
+
+
+# --------------------------------------------------------------------------- memory probes
+def _status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def _rss_peak_extra(fn):
+    """Peak resident bytes of ``fn()`` above the resident bytes before it (Linux)."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    before = _status("VmRSS")
+    out = fn()
+    peak = _status("VmHWM")
+    del out
+    return None if before is None or peak is None else peak - before
+
+
+def _cuda_peak_extra(torch, fn):
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    del out
+    return peak - before
+
+
+# --------------------------------------------------------------------------- timing
+def _time_group(fns, sync, repeats, warmup):
+    for fn in fns.values():
+        for _ in range(warmup):
+            sync(fn())
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            sync(fn())
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# --------------------------------------------------------------------------- groups
+def _numpy_group(z, y):
+    zn, yn = z, y
+    return "numpy", "np.exp(logits)", {
+        "np.exp(logits)": lambda: np.exp(zn),
+        "numpy gamma_ce_value_and_grad": lambda: G.gamma_ce_value_and_grad(zn, yn, GAMMA),
+    }, (lambda out: out), _rss_peak_extra
+
+
+def _cupy_group(z, y):
+    import cupy as cp
+
+    zc, yc = cp.asarray(z), cp.asarray(y)
+    sync = lambda out: cp.cuda.Device().synchronize()  # noqa: E731
+    return "cupy", "cp.exp(logits)", {
+        "cp.exp(logits)": lambda: cp.exp(zc),
+        "cupy gamma_ce_value_and_grad": lambda: G.gamma_ce_value_and_grad(zc, yc, GAMMA),
+    }, sync, None
+
+
+def _torch_group(z, y, device):
+    import torch
+    import torch.nn.functional as F
+
+    import gammace_ref.torch as gt
+
+    zt = torch.from_numpy(z).to(device).requires_grad_()
+    yt = torch.from_numpy(y).to(device)
+
+    def backward(loss_fn):
+        def run():
+            zt.grad = None
+            loss_fn(zt, yt).backward()
+            return zt.grad
+        return run
+
+    fns = {
+        "F.cross_entropy, loss.backward()": backward(F.cross_entropy),
+        "torch adapter, loss.backward() (default: compiled core)": backward(
+            lambda a, b: gt.gamma_ce(a, b, GAMMA)),
+        "torch adapter tailr, loss.backward() (compiled)": backward(lambda a, b: gt.tailr(a, b, GAMMA, THRESHOLD)),
+        "torch adapter, loss.backward() (compiled=False)": backward(
+            lambda a, b: gt.gamma_ce(a, b, GAMMA, compiled=False)),
+        "torch eager gamma_ce_value_and_grad": lambda: G.gamma_ce_value_and_grad(zt.detach(), yt, GAMMA),
+    }
+    cuda = device != "cpu"
+    sync = (lambda out: torch.cuda.synchronize()) if cuda else (lambda out: None)
+    mem = (lambda fn: _cuda_peak_extra(torch, fn)) if cuda else _rss_peak_extra
+    return f"torch ({device})", "F.cross_entropy, loss.backward()", fns, sync, mem
+
+
+def _jax_group(z, y):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import gammace_ref.jax as gj
+
+    zj, yj = jnp.asarray(z), jnp.asarray(y)
+    native = jax.jit(jax.value_and_grad(
+        lambda a: optax.softmax_cross_entropy_with_integer_labels(a, yj).mean()))
+    core = jax.jit(lambda a: G.gamma_ce_value_and_grad(a, yj, GAMMA))
+    adapter = jax.jit(jax.value_and_grad(lambda a: gj.gamma_ce(a, yj, GAMMA)))
+    fns = {
+        "jax.value_and_grad(optax CE) (jit)": lambda: native(zj),
+        "jax.jit(gamma_ce_value_and_grad)": lambda: core(zj),
+        "jax.grad through gammace_ref.jax.gamma_ce (jit)": lambda: adapter(zj),
+    }
+    return f"jax ({jax.default_backend()})", "jax.value_and_grad(optax CE) (jit)", fns, \
+        (lambda out: jax.block_until_ready(out)), (_rss_peak_extra if jax.default_backend() == "cpu" else None)
+
+
+def _available(name):
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+def _groups(only):
+    out = []
+    want = lambda k: not only or k in only  # noqa: E731
+    if want("numpy"):
+        out.append(("numpy", _numpy_group))
+    if want("torch") and _available("torch"):
+        import torch
+
+        out.append(("torch", lambda z, y: _torch_group(z, y, "cpu")))
+        if torch.cuda.is_available():
+            out.append(("torch-cuda", lambda z, y: _torch_group(z, y, "cuda")))
+    if want("jax") and _available("jax") and _available("optax"):
+        out.append(("jax", _jax_group))
+    if want("cupy") and _available("cupy"):
+        try:
+            import cupy
+
+            if cupy.cuda.runtime.getDeviceCount() > 0:
+                out.append(("cupy", _cupy_group))
+        except Exception:  # no driver
+            pass
+    return out
+
+
+def _versions():
+    v = {"python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor()}
+    for name in ("numpy", "array_api_compat", "torch", "jax", "optax", "cupy"):
+        try:
+            v[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            v["gpu"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    return v
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", nargs="+", default=["4096x32000", "1024x128000"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--only", nargs="+", help="numpy torch jax cupy")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+
+    rows = []
+    for shape in args.shapes:
+        n, c = map(int, shape.split("x"))
+        rng = np.random.default_rng(0)
+        z = rng.standard_normal((n, c), dtype=np.float32) * 3
+        y = rng.integers(0, c, size=n)
+        for key, make in _groups(args.only):
+            backend, base, fns, sync, mem = make(z, y)
+            print(f"[{time.strftime('%H:%M:%S')}] {shape} {backend}: warming up", file=sys.stderr, flush=True)
+            med = _time_group(fns, sync, args.repeats, warmup=2)
+            for name, t in med.items():
+                extra = None
+                if mem is not None and not args.no_memory:
+                    extra = mem(fns[name])
+                rows.append(dict(shape=shape, backend=backend, candidate=name, baseline=base,
+                                 median_ms=round(t * 1e3, 2), ratio=round(t / med[base], 3),
+                                 goal=GOALS.get(name),
+                                 peak_extra_x_logits=None if extra is None else round(extra / z.nbytes, 2)))
+            del fns
+            gc.collect()
+
+    print(f"\n| shape | backend | candidate | median ms | × baseline | goal | peak extra / logits bytes |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        goal = "" if r["goal"] is None else f"≤ {r['goal']}"
+        mem = "" if r["peak_extra_x_logits"] is None else f"{r['peak_extra_x_logits']:.2f}"
+        print(f"| {r['shape']} | {r['backend']} | {r['candidate']} | {r['median_ms']:.1f} | {r['ratio']:.2f} "
+              f"| {goal} | {mem} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"versions": _versions(), "repeats": args.repeats, "rows": rows}, f, indent=1)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
