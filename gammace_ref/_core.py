@@ -166,9 +166,11 @@ def compute(xp, z, y, gamma, threshold, *, tailr, need_grad, reduction, ignore_i
     row_ok = xp.isfinite(m)  # False only for ignored (or poisoned) rows
     m = xp.where(row_ok, m, 0.0)
 
-    e = xp.exp(z - m)
     onehot = xp.arange(n_classes, dtype=y_safe.dtype, device=dev) == y_safe
-    R = xp.sum(xp.where(onehot, 0.0, e), axis=-1, keepdims=True)
+    # e_j = exp(z_j - m) off the target, 0 on it (masking before the exp lets
+    # a fusing compiler read the logits once for this and R).
+    e = xp.exp(xp.where(onehot, -xp.inf, z - m))
+    R = xp.sum(e, axis=-1, keepdims=True)
     d = xp.where(row_ok, xp.take_along_axis(z, y_safe, axis=-1) - m, 0.0)
     log_s = xp.log1p(R + xp.expm1(d))
     s = R + xp.exp(d)
