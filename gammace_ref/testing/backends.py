@@ -20,13 +20,14 @@ class Backend(enum.Enum):
     NUMPY = "numpy"
     ARRAY_API_STRICT = "array_api_strict"
     TORCH = "torch"
+    TORCH_CUDA = "torch.cuda"
     JAX = "jax"
     JAX_JIT = "jax.jit"
     CUPY = "cupy"
 
     @property
     def module_name(self) -> str:
-        return "jax.numpy" if self.value.startswith("jax") else self.value
+        return {"jax": "jax.numpy", "torch": "torch"}.get(self.value.split(".")[0], self.value)
 
 
 @functools.cache
@@ -36,6 +37,11 @@ def availability(kind: Backend) -> str | None:
         importlib.import_module(kind.module_name)
     except ImportError as exc:
         return f"{kind.value} is not installed ({exc})"
+    if kind is Backend.TORCH_CUDA:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "torch is installed but no CUDA device is present"
     if kind is Backend.CUPY:
         import cupy
 
@@ -70,12 +76,13 @@ class BackendUnderTest:
 
     def asarray(self, a):
         a = np.asarray(a)
-        if self.kind is Backend.TORCH:
-            return self.module.from_numpy(a.copy())
+        if self.kind in (Backend.TORCH, Backend.TORCH_CUDA):
+            t = self.module.from_numpy(a.copy())
+            return t.cuda() if self.kind is Backend.TORCH_CUDA else t
         return self.module.asarray(a)
 
     def numpy(self, a):
-        if self.kind is Backend.TORCH:
+        if self.kind in (Backend.TORCH, Backend.TORCH_CUDA):
             a = a.detach().cpu()
             return (a.float() if a.dtype == self.module.bfloat16 else a).numpy()
         if self.kind is Backend.CUPY:
