@@ -90,8 +90,10 @@ def test_half_precision_computes_in_float32(backend):
     if backend.kind.value == "array_api_strict":
         pytest.skip("array-api-strict has no float16/bfloat16")
     xp = backend.xp
-    low = backend.module.bfloat16 if backend.kind.value.startswith("torch") else backend.module.float16
-    z = xp.astype(backend.asarray(LOGITS), low)
+    torch_like = backend.kind.value.startswith("torch")
+    z = backend.asarray(LOGITS.astype(np.float32 if torch_like else np.float16))
+    low = backend.module.bfloat16 if torch_like else z.dtype
+    z = xp.astype(z, low)
     y = backend.asarray(TARGETS)
     loss, grad = backend.call(lambda z, y: G.gamma_ce_value_and_grad(z, y, 0.1), z, y)
     assert loss.dtype == xp.float32 and grad.dtype == low

@@ -5,6 +5,8 @@ accuracy``.  Each :class:`Backend` knows its module, whether it is usable
 here (:func:`availability` says why not), how to make an array from a NumPy
 one and back, and how to call a function on its arrays -- under
 ``jax.jit`` for ``JAX_JIT``, with the non-array arguments closed over.
+``TORCH_CUDA`` and ``CUPY`` need a CUDA device; ``DASK`` arrays are chunked
+along the leading (batch) axis.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ class Backend(enum.Enum):
     JAX = "jax"
     JAX_JIT = "jax.jit"
     CUPY = "cupy"
+    DASK = "dask"
 
     @property
     def module_name(self) -> str:
-        return {"jax": "jax.numpy", "torch": "torch"}.get(self.value.split(".")[0], self.value)
+        return {"jax": "jax.numpy", "torch": "torch", "dask": "dask.array"}.get(self.value.split(".")[0], self.value)
 
 
 @functools.cache
@@ -79,6 +82,9 @@ class BackendUnderTest:
         if self.kind in (Backend.TORCH, Backend.TORCH_CUDA):
             t = self.module.from_numpy(a.copy())
             return t.cuda() if self.kind is Backend.TORCH_CUDA else t
+        if self.kind is Backend.DASK:  # chunked along the batch (leading) axis: two chunks
+            return self.module.from_array(a, chunks=tuple(max(1, -(-n // 2)) if i == 0 else -1
+                                                          for i, n in enumerate(a.shape)))
         return self.module.asarray(a)
 
     def numpy(self, a):
@@ -87,6 +93,8 @@ class BackendUnderTest:
             return (a.float() if a.dtype == self.module.bfloat16 else a).numpy()
         if self.kind is Backend.CUPY:
             return a.get()
+        if self.kind is Backend.DASK:
+            return np.asarray(a.compute(scheduler="synchronous"))
         if self.kind is Backend.ARRAY_API_STRICT:
             return np.from_dlpack(a)
         return np.asarray(a)
@@ -96,4 +104,9 @@ class BackendUnderTest:
             import jax
 
             return jax.jit(lambda *a: fn(*a, **kwargs))(*arrays)
+        if self.kind is Backend.DASK:  # tiny test graphs: the threaded scheduler only adds overhead
+            import dask
+
+            with dask.config.set(scheduler="synchronous"):
+                return fn(*arrays, **kwargs)
         return fn(*arrays, **kwargs)
