@@ -3,9 +3,17 @@
 ``gamma_ce`` and ``tailr`` take the core's arguments; they work under
 ``jit``, ``vmap``, ``grad`` and ``value_and_grad``.  The value and the
 gradient come from one pass of the core; the backward pass only scales the
-stored gradient.  ``gamma`` and ``threshold`` may be traced (a γ schedule
-inside a jitted step); a traced value outside [0, 1], like an invalid target
-under ``jit``, gives NaN.
+stored gradient.  NumPy inputs are converted with ``jnp.asarray``.
+
+``gamma`` and ``threshold`` given as Python numbers are static: checked
+(``ValueError`` if outside [0, 1]) even inside ``jit``.  Given as arrays they
+are operands, traced under ``jit`` (a γ schedule in a jitted step, no
+recompilation); a traced value outside [0, 1], like an invalid target under
+``jit``, gives NaN.
+Only ``logits`` is differentiated: the gradient with respect to ``gamma`` or
+``threshold`` is zero (they are treated as constants), and ``float0`` for
+the integer ``targets``.  Forward mode on the loss (``jvp``, ``jacfwd``) is
+not defined; forward over reverse (``jax.hessian``) differentiates the gradient.
 """
 
 from __future__ import annotations
@@ -14,30 +22,38 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from . import _core
+from . import _core, _validation
 
 __all__ = ["gamma_ce", "tailr"]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
-def _loss(logits, targets, gamma, threshold, tailr, axis, reduction, ignore_index, label_smoothing):
-    return _fwd(logits, targets, gamma, threshold, tailr, axis, reduction, ignore_index, label_smoothing)[0]
+# `scalars`: (gamma, threshold), each a traced 0-d array or None; `static`:
+# (gamma, threshold, ...) with the Python numbers in place of the Nones.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _loss(logits, targets, scalars, static):
+    return _fwd(logits, targets, scalars, static)[0]
 
 
-def _fwd(logits, targets, gamma, threshold, tailr, axis, reduction, ignore_index, label_smoothing):
+def _fwd(logits, targets, scalars, static):
+    # NumPy arrays reach here as they are (jax.grad of a NumPy input hands the fwd rule its primal).
+    logits, targets = (jnp.asarray(a) if isinstance(a, np.ndarray) else a for a in (logits, targets))
+    gamma, threshold = (s if s is not None else v for s, v in zip(scalars, static[:2]))
+    tailr, axis, reduction, ignore_index, label_smoothing = static[2:]
     loss, grad = _core.value_and_grad(logits, targets, gamma, threshold, tailr=tailr, need_grad=True, axis=axis,
                                       reduction=reduction, ignore_index=ignore_index,
                                       label_smoothing=label_smoothing)
-    return loss, (grad, targets, gamma, threshold)
+    return loss, (grad, targets, scalars)
 
 
-def _bwd(tailr, axis, reduction, ignore_index, label_smoothing, res, g):
-    grad, targets, gamma, threshold = res
+def _bwd(static, res, g):
+    grad, targets, scalars = res
+    axis, reduction = static[3:5]
     if reduction == "none":
         g = jnp.expand_dims(g, axis % grad.ndim)
     zero = functools.partial(jax.tree_util.tree_map, _zero_cotangent)
-    return (grad * g.astype(grad.dtype), *zero((targets, gamma, threshold)))
+    return (grad * g.astype(grad.dtype), *zero((targets, scalars)))
 
 
 def _zero_cotangent(x):
@@ -50,18 +66,20 @@ def _zero_cotangent(x):
 _loss.defvjp(_fwd, _bwd)
 
 
-def _unit(v):
-    # Python numbers pass through (static, exact in double precision); arrays stay traced.
-    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else jnp.asarray(v)
+def _call(logits, targets, gamma, threshold, *static):
+    # Arrays (also NumPy's) become operands of the custom_vjp (traced under jit);
+    # anything else stays a static Python value, which the core checks (in double).
+    traced = [jnp.asarray(v) if _validation._is_array(v) else None for v in (gamma, threshold)]
+    fixed = [None if t is not None else v for t, v in zip(traced, (gamma, threshold))]
+    return _loss(logits, targets, tuple(traced), (*fixed, *static))
 
 
 def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0):
     """γ-CE loss of :func:`gammace_ref.gamma_ce`, differentiable with the exact analytic gradient."""
-    return _loss(logits, targets, _unit(gamma), 0.0, False, axis, reduction, ignore_index, label_smoothing)
+    return _call(logits, targets, gamma, 0.0, False, axis, reduction, ignore_index, label_smoothing)
 
 
 def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None,
           label_smoothing=0.0):
     """TaiLr objective of :func:`gammace_ref.tailr`, differentiable with the paper's gradient."""
-    return _loss(logits, targets, _unit(gamma), _unit(threshold), True, axis, reduction, ignore_index,
-                 label_smoothing)
+    return _call(logits, targets, gamma, threshold, True, axis, reduction, ignore_index, label_smoothing)

@@ -1,5 +1,11 @@
 """Tools for checking γ-CE / TaiLr implementations against ground truth.
 
 ``reference`` computes the loss and gradient with mpmath at 60 digits (needs
-the ``test`` extra); ``regimes`` is the battery of hard numerical cases.
+the ``oracle`` extra); ``regimes`` is the battery of hard numerical cases;
+``oracle`` judges another implementation (:func:`check_implementation`);
+``backends`` is the table of array libraries the suites run on.
 """
+
+from .oracle import Report, assert_matches_reference, check_implementation
+
+__all__ = ["Report", "assert_matches_reference", "check_implementation"]
