@@ -4,6 +4,9 @@
 against 60-digit mpmath on every regime of :mod:`gammace_ref.testing.regimes`,
 on every backend installed here, in float32 and float64, and prints the
 table (exit status 1 if any entry exceeds its tolerance).
+
+``gammace-ref vectors --out DIR`` regenerates the golden vectors of the
+conformance suite (:mod:`gammace_ref.testing.vectors`) into ``DIR``.
 """
 
 from __future__ import annotations
@@ -90,6 +93,18 @@ def _accuracy(args) -> int:
     return 1 if failed else 0
 
 
+def _vectors(args) -> int:
+    from .testing import vectors
+
+    start = time.perf_counter()
+    paths = vectors.write(args.out)
+    for path in paths:
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
+    print(f"{len(paths)} files, {sum(p.stat().st_size for p in paths)} bytes, "
+          f"{time.perf_counter() - start:.1f}s")
+    return 0
+
+
 def main(argv=None) -> int:
     from .testing.backends import Backend
 
@@ -102,7 +117,11 @@ def main(argv=None) -> int:
     acc.add_argument("--json", help="also write the results to this JSON file")
     acc.add_argument("--markdown", help="also write the table to this Markdown file")
     acc.add_argument("--quiet", action="store_true", help="no progress lines")
+    vec = sub.add_parser("vectors", help="regenerate the golden vectors (mpmath) of the conformance suite")
+    vec.add_argument("--out", default="conformance/vectors", help="directory to write (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.command == "vectors":
+        return _vectors(args)
     return _accuracy(args)
 
 

@@ -99,6 +99,14 @@ class BackendUnderTest:
             return np.from_dlpack(a)
         return np.asarray(a)
 
+    def compile(self, fn):
+        """``fn`` as this backend runs it: ``jax.jit(fn)`` for ``JAX_JIT`` (every argument traced)."""
+        if self.lazy:
+            import jax
+
+            return jax.jit(fn)
+        return lambda *args: self.call(fn, *args)
+
     def call(self, fn, *arrays, **kwargs):
         if self.lazy:
             import jax
