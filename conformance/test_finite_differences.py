@@ -48,7 +48,7 @@ def _extrapolate(losses, shape, steps):
 @pytest.mark.parametrize("gamma", [0.0, 1e-7, 0.1, 0.8, 1.0])
 @pytest.mark.parametrize("kw", [dict(reduction="mean", label_smoothing=0.1), dict(reduction="sum"),
                                 dict(reduction="mean", ignore_index=0)], ids=["mean-ls", "sum", "ignore"])
-def test_gamma_ce_grad_matches_finite_differences(backend, gamma, kw):
+def test_gamma_ce_grad_matches_finite_differences(backend, gamma, kw, record_property):
     y = np.where(np.arange(3) == 1, 0, Y) if "ignore_index" in kw else Y
     rows, owner, steps = _richardson_batch(Z)
     per_row = dict(kw, reduction="none")
@@ -59,4 +59,5 @@ def test_gamma_ce_grad_matches_finite_differences(backend, gamma, kw):
     fd = _extrapolate(losses, Z.shape, steps) * scale[:, None]
     grad = backend.numpy(backend.call(lambda a, b: G.gamma_ce_grad(a, b, gamma, **kw),
                                       backend.asarray(Z), backend.asarray(y)))
+    record_property("worst_rel_err", float(np.max(np.abs(grad - fd) / np.maximum(np.abs(fd), 1e-3))))
     np.testing.assert_allclose(grad, fd, rtol=1e-8, atol=1e-11)

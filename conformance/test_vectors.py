@@ -73,8 +73,8 @@ def _batches(dtype):
         yield eps, gamma, z, y, rows
 
 
-def test_backend_reproduces_vectors(backend, dtype):
-    tol, failures, checked = regimes.TOLERANCE[dtype], [], 0
+def test_backend_reproduces_vectors(backend, dtype, record_property):
+    tol, failures, checked, worst = regimes.TOLERANCE[dtype], [], 0, 0.0
     for eps, gamma, z_np, y_np, rows in _batches(dtype):
         z, y = backend.asarray(z_np), backend.asarray(y_np)
         (b,) = {c.threshold for c, _ in rows if c.loss == "tailr"}
@@ -91,8 +91,10 @@ def test_backend_reproduces_vectors(backend, dtype):
             err_v = regimes.rel_err(loss_v[r], c.expected_loss.astype(np.float64), dtype)
             err_g = regimes.rel_err(grad[r], c.expected_grad.astype(np.float64), dtype)
             checked += 1
+            worst = max(worst, err_v, err_g)
             if max(err_v, err_g) > tol:
                 failures.append(f"{c.id}: value rel err {err_v:.2e}, grad rel err {err_g:.2e}")
+    record_property("worst_rel_err", worst)
     assert checked == len(_cases(dtype)) > 0
     assert not failures, f"{len(failures)} case(s) beyond {tol:.0e}:\n" + "\n".join(failures)
 

@@ -7,6 +7,11 @@ table (exit status 1 if any entry exceeds its tolerance).
 
 ``gammace-ref vectors --out DIR`` regenerates the golden vectors of the
 conformance suite (:mod:`gammace_ref.testing.vectors`) into ``DIR``.
+
+``gammace-ref conformance`` runs the conformance suite (``conformance/``) on
+every backend and prints a backend × check table (exit status 1 on any
+failure); ``gammace-ref check MODULE:FUNCTION`` judges a user's function
+with :func:`gammace_ref.testing.check_implementation`.
 """
 
 from __future__ import annotations
@@ -105,6 +110,36 @@ def _vectors(args) -> int:
     return 0
 
 
+def _conformance(args) -> int:
+    from .testing import suite
+
+    return suite.run(args.backends, args.dtypes, args.suite, args.json, args.pytest_args or ())
+
+
+def _check(args) -> int:
+    import importlib
+
+    from .testing import oracle
+
+    module, _, name = args.target.partition(":")
+    if not name:
+        raise SystemExit(f"gammace-ref check: expected MODULE:FUNCTION, got {args.target!r}")
+    sys.path.insert(0, "")  # the current directory, as `python -m` does
+    candidate = getattr(importlib.import_module(module), name)
+    grad = None
+    if args.grad:
+        gmod, _, gname = args.grad.partition(":")
+        grad = getattr(importlib.import_module(gmod), gname)
+    report = oracle.check_implementation(candidate, loss=args.loss, backend=args.backend, grad=grad,
+                                         dtypes=tuple(args.dtypes))
+    print(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report.to_dict(), f, indent=1, sort_keys=True, default=float)
+            f.write("\n")
+    return 0 if report.passed else 1
+
+
 def main(argv=None) -> int:
     from .testing.backends import Backend
 
@@ -119,10 +154,23 @@ def main(argv=None) -> int:
     acc.add_argument("--quiet", action="store_true", help="no progress lines")
     vec = sub.add_parser("vectors", help="regenerate the golden vectors (mpmath) of the conformance suite")
     vec.add_argument("--out", default="conformance/vectors", help="directory to write (default: %(default)s)")
+    con = sub.add_parser("conformance", help="the conformance suite on every backend: a backend × check table")
+    con.add_argument("--backends", nargs="+", choices=[b.value for b in Backend], help="default: all installed")
+    con.add_argument("--dtypes", "--dtype", nargs="+", choices=["float32", "float64"], help="default: both")
+    con.add_argument("--json", help="also write the report (no timings: stable to diff) to this file")
+    con.add_argument("--suite", help="the conformance/ directory (default: ./conformance or the checkout's)")
+    con.add_argument("pytest_args", nargs="*", help="after --: passed to pytest (e.g. -- -x -k vectors)")
+    chk = sub.add_parser("check", help="judge your implementation against the reference (check_implementation)")
+    chk.add_argument("target", help="MODULE:FUNCTION, called as f(logits, targets, gamma[, threshold]) -> "
+                                    "per-example losses")
+    chk.add_argument("--loss", default="gamma_ce", choices=["gamma_ce", "tailr"])
+    chk.add_argument("--backend", default="numpy", choices=[b.value for b in Backend])
+    chk.add_argument("--grad", help="MODULE:FUNCTION giving the gradient (when the backend has no autodiff)")
+    chk.add_argument("--dtypes", nargs="+", default=["float64", "float32"], choices=["float32", "float64"])
+    chk.add_argument("--json", help="also write the report to this JSON file")
     args = parser.parse_args(argv)
-    if args.command == "vectors":
-        return _vectors(args)
-    return _accuracy(args)
+    return {"vectors": _vectors, "conformance": _conformance, "check": _check, "accuracy": _accuracy}[
+        args.command](args)
 
 
 if __name__ == "__main__":

@@ -51,16 +51,17 @@ def _is_array(x: Any) -> bool:
 
 def unit_interval(name: str, value: Any) -> Any:
     """``value`` as a Python float in [0, 1], or a traced 0-d array left as is."""
-    if isinstance(value, bool) or not (isinstance(value, numbers.Real) or _is_array(value)):
-        raise TypeError(f"{name} must be a real number in [0, 1], got {_describe(value)} {value!r}")
-    if _is_array(value) and getattr(value, "ndim", 0) != 0:
-        raise ValueError(f"{name} must be a scalar or a 0-d array, got shape {tuple(value.shape)}")
-    try:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         v = float(value)
-    except TypeError:
-        if _is_array(value):
+    elif _is_array(value):
+        if getattr(value, "ndim", 0) != 0:
+            raise ValueError(f"{name} must be a scalar or a 0-d array, got shape {tuple(value.shape)}")
+        try:
+            v = float(value)
+        except TypeError:
             return value  # traced: no value to check; out of range gives NaN in the core
-        raise
+    else:
+        raise TypeError(f"{name} must be a real number in [0, 1], got {_describe(value)} {value!r}")
     if not 0.0 <= v <= 1.0:  # also catches NaN
         raise ValueError(f"{name} must be in [0, 1], got {v!r}")
     return v
@@ -75,19 +76,27 @@ def smoothing(value: Any) -> float:
     return v
 
 
-def check(logits, targets, gamma, threshold, *, axis, reduction, ignore_index, label_smoothing) -> Checked:
-    """Validate the arguments of every public loss function."""
-    for name, arr in (("logits", logits), ("targets", targets)):
-        if not _is_array(arr):
-            raise TypeError(f"{name} must be an array of an array-API library, got {_describe(arr)}")
-    try:
-        xp = array_api_compat.array_namespace(logits, targets)
-    except TypeError as exc:
-        raise TypeError(
-            f"logits ({_describe(logits)}) and targets ({_describe(targets)}) "
-            "must come from the same array library"
-        ) from exc
-    dev_l, dev_t = array_api_compat.device(logits), array_api_compat.device(targets)
+def check(logits, targets, gamma, threshold, *, axis, reduction, ignore_index, label_smoothing,
+          xp=None) -> Checked:
+    """Validate the arguments of every public loss function.
+
+    An adapter that has checked both arrays' type passes its namespace as
+    ``xp`` (no namespace inference: nothing for a tracing compiler to trace).
+    """
+    if xp is None:
+        for name, arr in (("logits", logits), ("targets", targets)):
+            if not _is_array(arr):
+                raise TypeError(f"{name} must be an array of an array-API library, got {_describe(arr)}")
+        try:
+            xp = array_api_compat.array_namespace(logits, targets)
+        except TypeError as exc:
+            raise TypeError(
+                f"logits ({_describe(logits)}) and targets ({_describe(targets)}) "
+                "must come from the same array library"
+            ) from exc
+        dev_l, dev_t = array_api_compat.device(logits), array_api_compat.device(targets)
+    else:
+        dev_l, dev_t = logits.device, targets.device
     if dev_l is not None and dev_t is not None and dev_l != dev_t:  # None: traced, placement unknown
         raise ValueError(f"logits (on device {dev_l}) and targets (on device {dev_t}) must be on the same device")
 

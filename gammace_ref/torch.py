@@ -5,18 +5,27 @@
 graph over the N×C softmax).  ``GammaCELoss`` / ``TaiLrLoss`` are the
 ``nn.CrossEntropyLoss``-style modules (class axis 1, ``ignore_index=-100``).
 
-By default the core runs compiled with ``torch.compile`` (dynamic shapes,
-one compilation per dtype/layout, eager fallback when compilation is not
-available); ``compiled=False`` runs it eagerly.  Inside a region the caller
-compiles (``torch.compile(fullgraph=True)``) nothing is read back to the
-host: an invalid target makes its row NaN instead of raising.
+By default the core runs compiled with ``torch.compile`` (dynamic shapes:
+one compilation per dtype, number of dimensions and set of options such as
+``reduction`` or ``label_smoothing``); if compiling fails once (no C++
+compiler, ...) it warns and runs eagerly from then on.  ``compiled=False``
+runs it eagerly.  Inside a region the caller compiles
+(``torch.compile(fullgraph=True)``) or batches (``torch.func.vmap``) nothing
+is read back to the host: an invalid target makes its row NaN instead of
+raising.  ``torch.func.grad``, ``vmap`` and ``jacrev`` work; forward mode
+(``jvp``, ``hessian``) and double backward raise.
+
+As in the core, the loss has the compute dtype (float32 for float16/bfloat16
+logits) and the gradient the logits' dtype.
 """
 
 from __future__ import annotations
 
 import functools
+import types
+import warnings
 
-import array_api_compat.torch as _xp
+import array_api_compat.torch as _compat
 import torch
 
 from . import _core, _validation
@@ -24,9 +33,26 @@ from . import _core, _validation
 __all__ = ["GammaCELoss", "TaiLrLoss", "gamma_ce", "tailr"]
 
 
+def _take_along_axis(x, indices, /, *, axis=-1):
+    return torch.gather(x, axis, indices)
+
+
+# array-api-compat's torch namespace, but for take_along_axis: torch.take_along_dim
+# specialises every size under torch.compile(dynamic=True) (one recompilation
+# per batch shape); torch.gather does not.  The core's indices are in [0, C).
+_xp = types.ModuleType(__name__ + "._xp")
+_xp.__dict__.update(vars(_compat), take_along_axis=_take_along_axis)
+
+# The first failure of the compiled kernel (no C++ compiler, unsupported
+# platform, ...): from then on the core runs eagerly, without retrying a
+# compilation that costs seconds per call.
+_compile_error: list[Exception] = []
+
+
 def _kernel(z, y, gamma, threshold, tailr, need_grad, reduction, ignore_index, label_smoothing):
     return _core.compute(_xp, z, y, gamma, threshold, tailr=tailr, need_grad=need_grad, reduction=reduction,
-                         ignore_index=ignore_index, label_smoothing=label_smoothing, check_values=False)
+                         ignore_index=ignore_index, label_smoothing=label_smoothing, check_values=False,
+                         device=z.device)
 
 
 @functools.cache
@@ -40,69 +66,93 @@ def _scalar(v, like):
     return torch.as_tensor(v, dtype=torch.float64, device=like.device)
 
 
-def _run(logits, targets, gamma, threshold, tailr, axis, reduction, ignore_index, label_smoothing, compiled):
-    a = _validation.check(logits.detach(), targets, gamma, threshold, axis=axis, reduction=reduction,
-                          ignore_index=ignore_index, label_smoothing=label_smoothing)
-    need_grad = logits.requires_grad
-    tracing = torch.compiler.is_compiling()
-    if compiled and not tracing:
+def _is_batched(t):
+    # A tensor batched by torch.func.vmap (no public predicate; this one exists since torch 2.0).
+    return torch._C._functorch.is_batchedtensor(t)
+
+
+def _run(logits, targets, gamma, threshold, tailr, axis, reduction, ignore_index, label_smoothing, compiled,
+         need_grad):
+    for name, t in (("logits", logits), ("targets", targets)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {_validation._describe(t)}")
+    a = _validation.check(logits, targets, gamma, threshold, axis=axis, reduction=reduction,
+                          ignore_index=ignore_index, label_smoothing=label_smoothing, xp=_xp)
+    # Traced by torch.compile, or batched by torch.func.vmap: no value can be read.
+    tracing = torch.compiler.is_compiling() or _is_batched(logits) or _is_batched(targets)
+    compiled = compiled and not tracing and not _compile_error
+    if compiled:
         try:
-            loss, grad = _compiled_kernel()(a.z, a.y, _scalar(a.gamma, a.z), _scalar(a.threshold, a.z), tailr,
-                                            need_grad, a.reduction, a.ignore_index, a.label_smoothing)
-        except Exception as exc:  # no C++ compiler, unsupported platform, ...: stay correct, eagerly
-            _warn_fallback(exc)
+            with torch.no_grad():  # one graph whatever the grad mode and requires_grad
+                loss, grad = _compiled_kernel()(a.z.detach(), a.y, _scalar(a.gamma, a.z), _scalar(a.threshold, a.z),
+                                                tailr, need_grad, a.reduction, a.ignore_index, a.label_smoothing)
+        except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError since 2.5) not a compilation problem
+            raise
+        except Exception as exc:  # stay correct, eagerly
+            _compile_error.append(exc)
+            warnings.warn(f"gammace_ref.torch: torch.compile unavailable ({type(exc).__name__}: {exc}); "
+                          "running the core eagerly from now on", RuntimeWarning, stacklevel=4)
             compiled = False
         else:
             if bool(torch.isnan(loss).any()):  # an invalid row: let the eager checks name it
                 _core.compute(a.xp, a.z, a.y, a.gamma, a.threshold, tailr=tailr, need_grad=False,
                               reduction=a.reduction, ignore_index=a.ignore_index,
                               label_smoothing=a.label_smoothing)
-    if not compiled or tracing:
-        loss, grad = _core.compute(a.xp, a.z, a.y, a.gamma, a.threshold, tailr=tailr, need_grad=need_grad,
+    if not compiled:
+        loss, grad = _core.compute(_xp, a.z, a.y, a.gamma, a.threshold, tailr=tailr, need_grad=need_grad,
                                    reduction=a.reduction, ignore_index=a.ignore_index,
-                                   label_smoothing=a.label_smoothing, check_values=not tracing)
-    return loss, (None if grad is None else _core.restore_layout(a, grad)), a.axis
-
-
-@functools.cache
-def _warn_fallback(exc):
-    import warnings
-
-    warnings.warn(f"gammace_ref.torch: torch.compile unavailable ({type(exc).__name__}: {exc}); "
-                  "running the core eagerly", RuntimeWarning, stacklevel=3)
+                                   label_smoothing=a.label_smoothing, check_values=not tracing,
+                                   device=a.z.device)
+    return loss, (None if grad is None else _core.restore_layout(a, grad))
 
 
 class _Loss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, targets, gamma, threshold, tailr, axis, reduction, ignore_index, label_smoothing,
-                compiled):
-        loss, grad, ctx.axis = _run(logits, targets, gamma, threshold, tailr, axis, reduction, ignore_index,
-                                    label_smoothing, compiled)
-        ctx.per_row = reduction == "none"
-        if grad is not None:
-            ctx.save_for_backward(grad)
-        return loss
+    """Loss and gradient of the core in one pass; ``backward`` only scales the stored gradient."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, g):
+    def forward(logits, targets, gamma, threshold, tailr, axis, reduction, ignore_index, label_smoothing,
+                compiled):
+        return _run(logits, targets, gamma, threshold, tailr, axis, reduction, ignore_index, label_smoothing,
+                    compiled, need_grad=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, axis, reduction = inputs[0], inputs[5], inputs[6]
+        grad = output[1]
+        ctx.mark_non_differentiable(grad)
+        ctx.save_for_backward(grad)
+        # reduction="none": one loss per target, broadcast back along the class axis.
+        ctx.class_axis = axis % logits.ndim if reduction == "none" else None
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g, _):
         (grad,) = ctx.saved_tensors
-        if ctx.per_row:
-            g = g.unsqueeze(ctx.axis)
+        if ctx.class_axis is not None:
+            g = g.unsqueeze(ctx.class_axis)
         return (grad * g.to(grad.dtype),) + (None,) * 9
+
+
+def _loss(*args):
+    logits = args[0]
+    if torch.is_grad_enabled() and isinstance(logits, torch.Tensor) and logits.requires_grad:
+        return _Loss.apply(*args)[0]
+    return _run(*args, need_grad=False)[0]
 
 
 def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0,
              compiled=True):
     """γ-CE loss of :func:`gammace_ref.gamma_ce` as a differentiable torch op."""
-    return _Loss.apply(logits, targets, gamma, 0.0, False, axis, reduction, ignore_index, label_smoothing,
-                       compiled)
+    return _loss(logits, targets, gamma, 0.0, False, axis, reduction, ignore_index, label_smoothing, compiled)
 
 
 def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None,
           label_smoothing=0.0, compiled=True):
     """TaiLr objective of :func:`gammace_ref.tailr` as a differentiable torch op (the paper's gradient)."""
-    return _Loss.apply(logits, targets, gamma, threshold, True, axis, reduction, ignore_index, label_smoothing,
-                       compiled)
+    return _loss(logits, targets, gamma, threshold, True, axis, reduction, ignore_index, label_smoothing,
+                 compiled)
 
 
 class GammaCELoss(torch.nn.Module):

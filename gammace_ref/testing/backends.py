@@ -6,7 +6,8 @@ here (:func:`availability` says why not), how to make an array from a NumPy
 one and back, and how to call a function on its arrays -- under
 ``jax.jit`` for ``JAX_JIT``, with the non-array arguments closed over.
 ``TORCH_CUDA`` and ``CUPY`` need a CUDA device; ``DASK`` arrays are chunked
-along the leading (batch) axis.
+along the leading (batch) axis.  ``GAMMACE_BACKENDS`` / ``GAMMACE_DTYPES``
+(comma-separated) narrow what the suites run (:func:`skip_reason`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import enum
 import functools
 import importlib
+import os
 
 import numpy as np
 
@@ -31,6 +33,20 @@ class Backend(enum.Enum):
     @property
     def module_name(self) -> str:
         return {"jax": "jax.numpy", "torch": "torch", "dask": "dask.array"}.get(self.value.split(".")[0], self.value)
+
+
+def skip_reason(kind: Backend) -> str | None:
+    """Why a suite skips ``kind``: not selected (``GAMMACE_BACKENDS``) or not available here."""
+    chosen = os.environ.get("GAMMACE_BACKENDS")
+    if chosen and kind.value not in chosen.split(","):
+        return f"{kind.value} is not selected (GAMMACE_BACKENDS={chosen})"
+    return availability(kind)
+
+
+def selected_dtypes(default=("float32", "float64")) -> tuple:
+    """The float dtypes a suite runs (``GAMMACE_DTYPES``, comma-separated; default both)."""
+    chosen = os.environ.get("GAMMACE_DTYPES")
+    return tuple(chosen.split(",")) if chosen else tuple(default)
 
 
 @functools.cache

@@ -1,0 +1,111 @@
+"""Run the conformance suite (``conformance/``, pytest) and summarise it: backend × check.
+
+``gammace-ref conformance`` calls :func:`run`: pytest runs the suite (its
+progress line is the progress), a small plugin records every test's outcome,
+its backend(s) (the ``backend`` / ``pair`` parameter) and the worst error it
+reported (``record_property("worst_rel_err", ...)``), and the result is a
+table with one row per backend and one column per check (the test module),
+each cell the worst error and the status.  The JSON report holds no timings,
+so two runs of the same code diff clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from .backends import Backend, skip_reason
+
+ANY = "(any)"  # checks that take no backend: generator, oracle on NumPy, ...
+
+
+class _Collector:
+    def __init__(self):
+        self.cells = defaultdict(lambda: {"passed": 0, "failed": 0, "skipped": 0, "worst_rel_err": None})
+        self.failures = []
+
+    def pytest_runtest_logreport(self, report):
+        if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
+            return
+        check = Path(report.location[0]).stem.removeprefix("test_")
+        worst = dict(report.user_properties).get("worst_rel_err")
+        for b in self._backends.get(report.nodeid, [ANY]):
+            cell = self.cells[(b, check)]
+            cell[report.outcome] += 1
+            if worst is not None:
+                cell["worst_rel_err"] = max(worst, cell["worst_rel_err"] or 0.0)
+        if report.outcome == "failed":
+            self.failures.append(report.nodeid)
+
+    def pytest_collection_modifyitems(self, items):
+        self._backends = {}
+        for item in items:
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            kinds = [params["backend"]] if "backend" in params else list(params.get("pair", ()))
+            self._backends[item.nodeid] = [k.value for k in kinds if isinstance(k, Backend)] or [ANY]
+
+
+def find_suite(path=None) -> Path:
+    """The ``conformance/`` directory: ``path``, else ``./conformance``, else the checkout's."""
+    for cand in ([Path(path)] if path else [Path.cwd() / "conformance", Path(__file__).parents[2] / "conformance"]):
+        if (cand / "test_vectors.py").is_file():
+            return cand.resolve()
+    raise SystemExit("gammace-ref conformance: no conformance/ suite found (run it from a checkout of "
+                     "gammace_ref, or pass --suite DIR)")
+
+
+def run(backends=None, dtypes=None, suite=None, json_path=None, pytest_args=()) -> int:
+    import pytest
+
+    suite = find_suite(suite)
+    if backends:
+        os.environ["GAMMACE_BACKENDS"] = ",".join(backends)
+    if dtypes:
+        os.environ["GAMMACE_DTYPES"] = ",".join(dtypes)
+    collector = _Collector()
+    code = pytest.main([str(suite), "-q", "-p", "no:cacheprovider", "--no-header", "-rN", *pytest_args],
+                       plugins=[collector])
+    status = {k.value: skip_reason(k) for k in Backend}
+    table = _table(collector, status)
+    print(table)
+    if json_path:
+        report = {"passed": code == 0, "exit_code": int(code), "backends": {
+            k: {"run": reason is None, "reason": reason} for k, reason in status.items()},
+            "checks": {f"{b}/{c}": cell for (b, c), cell in sorted(collector.cells.items())},
+            "failures": sorted(collector.failures)}
+        Path(json_path).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    return int(code)
+
+
+def _table(collector, status) -> str:
+    checks = sorted({c for _, c in collector.cells})
+    rows = [k.value for k in Backend if status[k.value] is None] + [ANY]
+    width = max(12, *(len(c) + 2 for c in checks))
+    out = ["", f"{'backend':18}" + "".join(f"{c:>{width}}" for c in checks)]
+    for b in rows:
+        cells = []
+        for c in checks:
+            cell = collector.cells.get((b, c))
+            if cell is None or cell["passed"] + cell["failed"] == 0:
+                cells.append("-")
+                continue
+            worst = "" if cell["worst_rel_err"] is None else f"{cell['worst_rel_err']:.1e} "
+            n = cell["passed"] + cell["failed"]
+            cells.append(f"{worst}{'ok' if not cell['failed'] else 'FAIL'} {cell['passed']}/{n}")
+        out.append(f"{b:18}" + "".join(f"{x:>{width}}" for x in cells))
+    out.append("cells: worst relative error reported by the check (where it reports one), status, "
+               "tests passed / run")
+    for k, reason in status.items():
+        if reason:
+            out.append(f"not run: {k}: {reason}")
+    if collector.failures:
+        out.append("failed: " + ", ".join(collector.failures))
+    out.append("PASS" if not collector.failures else "FAIL")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
