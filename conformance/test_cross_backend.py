@@ -18,7 +18,7 @@ import gammace_ref as G
 from gammace_ref.testing import regimes
 from gammace_ref.testing.backends import Backend, BackendUnderTest, selected_dtypes, skip_reason
 
-GAMMAS = (1e-7, 0.5, 1.0)
+GAMMAS = (0.5, 1.0)  # every γ of the battery is in the golden vectors
 CONFIGS = {  # name: (logits shape, class axis, reduction, ignore_index, label_smoothing)
     "mean": ((6, 9), -1, "mean", None, 0.0),
     "sum-ignore-ls": ((6, 9), -1, "sum", 3, 0.1),
