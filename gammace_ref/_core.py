@@ -166,10 +166,17 @@ def compute(xp, z, y, gamma, threshold, *, tailr, need_grad, reduction, ignore_i
     row_ok = xp.isfinite(m)  # False only for ignored (or poisoned) rows
     m = xp.where(row_ok, m, 0.0)
 
-    onehot = xp.arange(n_classes, dtype=y_safe.dtype, device=dev) == y_safe
-    # e_j = exp(z_j - m) off the target, 0 on it (masking before the exp lets
-    # a fusing compiler read the logits once for this and R).
-    e = xp.exp(xp.where(onehot, -xp.inf, z - m))
+    # e_j = exp(z_j - m) off the target, 0 on it.  Eagerly, on a library whose
+    # arrays can be written (NumPy, torch, CuPy), the target entries are set in
+    # place (O(N)); otherwise (JAX, compilers, Dask, array-api-strict) a one-hot
+    # mask does it before the exp, which a fusing compiler folds into one pass.
+    e = onehot = None
+    if check_values and array_api_compat.is_writeable_array(z):
+        e = xp.exp(z - m)
+        e = None if getattr(e, "requires_grad", False) else _set_targets(xp, e, y_safe, 0.0)
+    if e is None:
+        onehot = xp.arange(n_classes, dtype=y_safe.dtype, device=dev) == y_safe
+        e = xp.exp(xp.where(onehot, -xp.inf, z - m))
     R = xp.sum(e, axis=-1, keepdims=True)
     if hasattr(xp, "take_along_axis"):
         z_y = xp.take_along_axis(z, y_safe, axis=-1)
@@ -205,13 +212,38 @@ def compute(xp, z, y, gamma, threshold, *, tailr, need_grad, reduction, ignore_i
         return loss, None
 
     # k·(softmax - onehot) [+ ε·(softmax - 1/C)], scaled per row.  `e` is
-    # rebound rather than kept, so at most two N×C float arrays live at once.
+    # rebound (or updated in place) rather than kept, so at most two N×C float
+    # arrays live at once.
     scale = scale[..., None]
     k1 = (1.0 - eps_ls) * k
     on = -k1 * q  # k·(p - 1) on the target, from q = 1 - p
     if eps_ls:
         on = on + eps_ls * (xp.exp(d) / s - 1.0 / n_classes)
-    e = e * ((k1 + eps_ls) / s * scale)  # k·e_j/s off the target
+    coef = (k1 + eps_ls) / s * scale  # k·e_j/s off the target
+    if onehot is None:  # writable: in place
+        e *= coef
+        if eps_ls:
+            e -= (eps_ls / n_classes) * scale
+        return loss, _set_targets(xp, e, y_safe, on * scale)
+    e = e * coef
     if eps_ls:
         e = e - (eps_ls / n_classes) * scale
     return loss, xp.where(onehot, on * scale, e)
+
+
+def _set_targets(xp, a, y_safe, values):
+    """``a`` with its target entries ``a[..., y]`` set to ``values`` in place, or ``None``.
+
+    ``None`` where the library has no integer-array item assignment
+    (array-api-strict, Dask): the caller then masks instead.
+    """
+    n_classes = a.shape[-1]
+    a2 = xp.reshape(a, (-1, n_classes))
+    rows = xp.arange(a2.shape[0], dtype=y_safe.dtype, device=array_api_compat.device(a))
+    if not isinstance(values, float):
+        values = xp.reshape(values, (-1,))
+    try:
+        a2[rows, xp.reshape(y_safe, (-1,))] = values
+    except (IndexError, NotImplementedError, TypeError):
+        return None
+    return xp.reshape(a2, a.shape)

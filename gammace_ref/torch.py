@@ -122,6 +122,7 @@ class _Loss(torch.autograd.Function):
         logits, axis, reduction = inputs[0], inputs[5], inputs[6]
         grad = output[1]
         ctx.mark_non_differentiable(grad)
+        ctx.set_materialize_grads(False)  # no N×C zeros for the unused second output's gradient
         ctx.save_for_backward(grad)
         # reduction="none": one loss per target, broadcast back along the class axis.
         ctx.class_axis = axis % logits.ndim if reduction == "none" else None
@@ -130,8 +131,15 @@ class _Loss(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g, _):
         (grad,) = ctx.saved_tensors
+        if g is None:  # only the gradient output was used
+            return (None,) * 10
         if ctx.class_axis is not None:
             g = g.unsqueeze(ctx.class_axis)
+        elif (g.device.type == "cpu" and not torch.compiler.is_compiling()
+              and not torch._C._functorch.is_functorch_wrapped_tensor(g) and float(g) == 1.0):
+            # loss.backward() on a reduced loss: the stored gradient is the answer, handed
+            # over without an N×C multiply (and, once released, without a copy).
+            return (grad,) + (None,) * 9
         return (grad * g.to(grad.dtype),) + (None,) * 9
 
 
