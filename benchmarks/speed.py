@@ -11,9 +11,11 @@ gives the medians and the ratio to the group's baseline.  Device work is
 synchronised before the clock stops (CUDA synchronize, ``block_until_ready``).
 
 Memory: the peak extra bytes of one call beyond what was allocated before it,
-as a multiple of the logits' bytes.  On CPU it is the process's peak RSS
-(``VmHWM``, reset through ``/proc/self/clear_refs``; Linux only); on CUDA
-``torch.cuda.max_memory_allocated``.  Both count the returned gradient.
+as a multiple of the logits' bytes, the returned gradient included.  NumPy
+and torch on CPU: the process's peak RSS (``VmHWM``, reset through
+``/proc/self/clear_refs``; Linux only); torch on CUDA:
+``torch.cuda.max_memory_allocated``; JAX: XLA's memory analysis of the
+compiled program (temporaries + outputs), since XLA pools its buffers.
 """
 
 from __future__ import annotations
@@ -136,7 +138,11 @@ def _torch_group(z, y, device):
     }
     cuda = device != "cpu"
     sync = (lambda out: torch.cuda.synchronize()) if cuda else (lambda out: None)
-    mem = (lambda fn: _cuda_peak_extra(torch, fn)) if cuda else _rss_peak_extra
+    probe = (lambda fn: _cuda_peak_extra(torch, fn)) if cuda else _rss_peak_extra
+
+    def mem(fn):
+        zt.grad = None  # measure from no gradient held (the call allocates it)
+        return probe(fn)
     return f"torch ({device})", "F.cross_entropy, loss.backward()", fns, sync, mem
 
 
@@ -157,8 +163,16 @@ def _jax_group(z, y):
         "jax.jit(gamma_ce_value_and_grad)": lambda: core(zj),
         "jax.grad through gammace_ref.jax.gamma_ce (jit)": lambda: adapter(zj),
     }
+    # XLA pools its buffers (RSS does not show them): its own accounting of the
+    # compiled program, temporaries plus outputs, is the peak extra.
+    analysis = {fns[k]: f.lower(zj).compile().memory_analysis() for k, f in zip(fns, (native, core, adapter))}
+
+    def mem(fn):
+        a = analysis[fn]
+        return None if a is None else a.temp_size_in_bytes + a.output_size_in_bytes
+
     return f"jax ({jax.default_backend()})", "jax.value_and_grad(optax CE) (jit)", fns, \
-        (lambda out: jax.block_until_ready(out)), (_rss_peak_extra if jax.default_backend() == "cpu" else None)
+        (lambda out: jax.block_until_ready(out)), mem
 
 
 def _available(name):
@@ -175,9 +189,10 @@ def _groups(only):
     if want("numpy"):
         out.append(("numpy", _numpy_group))
     if want("torch") and _available("torch"):
+        out.append(("torch", lambda z, y: _torch_group(z, y, "cpu")))
+    if want("torch-cuda") and _available("torch"):
         import torch
 
-        out.append(("torch", lambda z, y: _torch_group(z, y, "cpu")))
         if torch.cuda.is_available():
             out.append(("torch-cuda", lambda z, y: _torch_group(z, y, "cuda")))
     if want("jax") and _available("jax") and _available("optax"):
@@ -214,7 +229,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", nargs="+", default=["4096x32000", "1024x128000"])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--only", nargs="+", help="numpy torch jax cupy")
+    p.add_argument("--only", nargs="+", help="numpy torch torch-cuda jax cupy (default: all present)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
