@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 
 import array_api_compat
-import array_api_extra as xpx
 
 from . import _validation
 
@@ -167,13 +166,12 @@ def compute(xp, z, y, gamma, threshold, *, tailr, need_grad, reduction, ignore_i
     row_ok = xp.isfinite(m)  # False only for ignored (or poisoned) rows
     m = xp.where(row_ok, m, 0.0)
 
-    # e_j = exp(z_j - m) off the target, 0 on it.  The target entries are set
-    # in place (O(N)) where arrays can be written (NumPy, torch, CuPy) or by a
-    # functional scatter (JAX, also under jit); otherwise (Dask, array-api-strict,
-    # torch.compile's trace) a one-hot mask does it before the exp, which a
-    # fusing compiler folds into the same pass.
+    # e_j = exp(z_j - m) off the target, 0 on it.  Eagerly, where arrays can be
+    # written (NumPy, torch, CuPy), the target entries are set in place (O(N));
+    # otherwise (JAX, torch.compile's trace, Dask, array-api-strict) a one-hot
+    # mask does it before the exp, which a fusing compiler folds into one pass.
     e = onehot = None
-    if check_values:
+    if check_values and array_api_compat.is_writeable_array(z):
         e = xp.exp(z - m)
         e = None if getattr(e, "requires_grad", False) else _set_targets(xp, e, y_safe, 0.0)
     if e is None:
@@ -236,9 +234,9 @@ def compute(xp, z, y, gamma, threshold, *, tailr, need_grad, reduction, ignore_i
 def _set_targets(xp, a, y_safe, values):
     """``a`` with its target entries ``a[..., y]`` set to ``values`` in place, or ``None``.
 
-    Immutable arrays get a functional update (``array_api_extra.at``).
-    ``None`` where the library has no integer-array item assignment
-    (array-api-strict, Dask): the caller then masks instead.
+    ``None`` for immutable arrays (JAX) and where the library has no
+    integer-array item assignment (array-api-strict, Dask): the caller then
+    masks instead.
     """
     n_classes = a.shape[-1]
     a2 = xp.reshape(a, (-1, n_classes))
@@ -246,11 +244,13 @@ def _set_targets(xp, a, y_safe, values):
     cols = xp.reshape(y_safe, (-1,))
     if not isinstance(values, float):
         values = xp.reshape(values, (-1,))
+    if not array_api_compat.is_writeable_array(a2):
+        # Immutable arrays (JAX): a functional scatter measured faster on CPU
+        # (1.00x vs 1.07x optax) but much slower on GPU (1.43x vs 0.99x, H200);
+        # the masked path fuses well on both.
+        return None
     try:
-        if array_api_compat.is_writeable_array(a2):
-            a2[rows, cols] = values
-        else:  # immutable arrays (JAX): array-api-extra's functional update, a scatter
-            a2 = xpx.at(a2)[rows, cols].set(values)
+        a2[rows, cols] = values
     except (IndexError, NotImplementedError, TypeError):
         return None
     return xp.reshape(a2, a.shape)
