@@ -147,41 +147,64 @@ def restore_layout(a, grad):
 
 
 def compute(xp, z, y, gamma, threshold, *, tailr, need_grad, reduction, ignore_index, label_smoothing,
-            check_values=True, device=None):
+            check_values=True, device=None, shard=None):
     """The computation on validated inputs: ``z`` float32/64 with classes last, ``y`` index dtype.
 
     ``check_values=False`` never reads an array value on the host (for
     compilers that trace it): invalid rows become NaN instead of raising.
     ``device`` is ``z``'s device when the caller knows it (a tracing compiler
     then need not trace ``array_api_compat.device``).
+    ``shard`` (a :class:`Shard`) makes ``z`` one slice of the classes: the row
+    maximum and the row sums are reduced across the slices through it, and
+    the gradient returned is this slice's.
     Returns the reduced loss and the gradient in the compute layout.
     """
     eps_ls = label_smoothing
-    n_classes = z.shape[-1]
+    n_local = z.shape[-1]
+    n_classes = n_local if shard is None else shard.n_classes
     dev = array_api_compat.device(z) if device is None else device
     valid = (y != ignore_index) if ignore_index is not None else xp.ones(y.shape, dtype=xp.bool, device=dev)
     y_safe = xp.where(valid & (y >= 0) & (y < n_classes), y, 0)[..., None]
+    here = None  # the target's class is in this slice (None: always)
+    if shard is not None:
+        y_safe = y_safe - shard.offset
+        here = (y_safe >= 0) & (y_safe < n_local)
+        y_safe = xp.where(here, y_safe, 0)
     m = xp.max(z, axis=-1, keepdims=True)
+    if shard is not None:
+        m = shard.max(m)
     bad = _validation.row_checks(xp, y, valid, m[..., 0], n_classes, (gamma, threshold), read=check_values)
     row_ok = xp.isfinite(m)  # False only for ignored (or poisoned) rows
     m = xp.where(row_ok, m, 0.0)
 
     # e_j = exp(z_j - m) off the target, 0 on it.  Eagerly, where arrays can be
     # written (NumPy, torch, CuPy), the target entries are set in place (O(N));
-    # otherwise (JAX, torch.compile's trace, Dask, array-api-strict) a one-hot
-    # mask does it before the exp, which a fusing compiler folds into one pass.
+    # otherwise (JAX, torch.compile's trace, Dask, array-api-strict, a shard) a
+    # one-hot mask does it before the exp, which a fusing compiler folds into
+    # one pass.
     e = onehot = None
-    if check_values and array_api_compat.is_writeable_array(z):
+    if check_values and shard is None and array_api_compat.is_writeable_array(z):
         e = xp.exp(z - m)
         e = None if getattr(e, "requires_grad", False) else _set_targets(xp, e, y_safe, 0.0)
     if e is None:
-        onehot = xp.arange(n_classes, dtype=y_safe.dtype, device=dev) == y_safe
+        onehot = xp.arange(n_local, dtype=y_safe.dtype, device=dev) == y_safe
+        if here is not None:
+            onehot = onehot & here
         e = xp.exp(xp.where(onehot, -xp.inf, z - m))
     R = xp.sum(e, axis=-1, keepdims=True)
     if hasattr(xp, "take_along_axis"):
         z_y = xp.take_along_axis(z, y_safe, axis=-1)
     else:  # a namespace older than the 2024.12 standard (Dask's): the one-term sum is exact
         z_y = xp.sum(xp.where(onehot, z, 0.0), axis=-1, keepdims=True)
+    if eps_ls:
+        # Σ_j -log p_j = Σ_j (m - z_j) + C·log s: non-negative terms only.
+        smooth = xp.sum(m - z, axis=-1, keepdims=True)
+    if shard is not None:  # one all-reduce for the row sums: R, z_y (one slice holds it), Σ(m - z)
+        parts = [R, xp.where(here, z_y, 0.0)] + ([smooth] if eps_ls else [])
+        total = shard.sum(xp.concat(parts, axis=-1))
+        R, z_y = total[..., 0:1], total[..., 1:2]
+        if eps_ls:
+            smooth = total[..., 2:3]
     d = xp.where(row_ok, z_y - m, 0.0)
     log_s = xp.log1p(R + xp.expm1(d))
     s = R + xp.exp(d)
@@ -192,9 +215,7 @@ def compute(xp, z, y, gamma, threshold, *, tailr, need_grad, reduction, ignore_i
         k = xp.clip(k, threshold, 1.0)
         loss = k * (log_s - d)
     if eps_ls:
-        # Σ_j -log p_j = Σ_j (m - z_j) + C·log s: non-negative terms only.
-        smooth = xp.sum(m - z, axis=-1, keepdims=True) + n_classes * log_s
-        loss = (1.0 - eps_ls) * loss + (eps_ls / n_classes) * smooth
+        loss = (1.0 - eps_ls) * loss + (eps_ls / n_classes) * (smooth + n_classes * log_s)
 
     # Per-row weight of the reduced value: 0 for ignored rows, 1/count for a
     # mean (a mean over no counted row is 0, with a zero gradient), NaN for a
@@ -254,3 +275,16 @@ def _set_targets(xp, a, y_safe, values):
     except (IndexError, NotImplementedError, TypeError):
         return None
     return xp.reshape(a2, a.shape)
+
+
+class Shard:
+    """This process's slice ``[offset, offset + C_local)`` of ``n_classes`` classes.
+
+    ``max`` and ``sum`` reduce a per-row array (shape ``(..., k)``) across all
+    slices -- an all-reduce in a distributed setting.  Only O(N) values travel:
+    the row maxima, then ``R``, ``z_y`` and (with label smoothing) ``Σ(m - z)``
+    in one sum.
+    """
+
+    def __init__(self, offset, n_classes, max, sum):  # noqa: A002 -- the reductions' own names
+        self.offset, self.n_classes, self.max, self.sum = offset, n_classes, max, sum
