@@ -140,6 +140,21 @@ def _check(args) -> int:
     return 0 if report.passed else 1
 
 
+def _demo(args) -> int:
+    from . import demo
+
+    try:
+        result = demo.run(noise=args.noise, seeds=args.seeds, seed=args.seed, epochs=args.epochs, out=args.out,
+                          progress=None if args.quiet else sys.stderr)
+    except ValueError as exc:
+        raise SystemExit(f"gammace-ref demo: {exc}")
+    print(result.table)
+    for path in result.files:
+        print(f"wrote {path}")
+    print(f"{len(result.runs)} runs, {result.seconds:.0f}s")
+    return 0
+
+
 def main(argv=None) -> int:
     from .testing.backends import Backend
 
@@ -168,8 +183,18 @@ def main(argv=None) -> int:
     chk.add_argument("--grad", help="MODULE:FUNCTION giving the gradient (when the backend has no autodiff)")
     chk.add_argument("--dtypes", nargs="+", default=["float64", "float32"], choices=["float32", "float64"])
     chk.add_argument("--json", help="also write the report to this JSON file")
+    dem = sub.add_parser("demo", help="over-confidence demo: CE vs γ-CE vs TaiLr on digits with noisy labels "
+                                      "(needs the demo extra)")
+    dem.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.2, 0.4],
+                     help="symmetric label-noise rates of the training labels (default: %(default)s)")
+    dem.add_argument("--seeds", type=int, default=3, help="number of seeds (default: %(default)s)")
+    dem.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
+    dem.add_argument("--epochs", type=int, default=60, help="training epochs (default: %(default)s)")
+    dem.add_argument("--out", default="demo-out", help="directory for the table and figures (default: %(default)s)")
+    dem.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
-    return {"vectors": _vectors, "conformance": _conformance, "check": _check, "accuracy": _accuracy}[
+    return {"vectors": _vectors, "conformance": _conformance, "check": _check, "accuracy": _accuracy,
+            "demo": _demo}[
         args.command](args)
 
 
