@@ -7,6 +7,7 @@ array-api-strict, with an exact value and gradient in every numerical regime.
 Importing this package imports no array library beyond array-api-compat.
 """
 
+from . import linear  # gammace_ref.linear: from hidden states, chunk by chunk
 from ._api import (
     gamma_ce,
     gamma_ce_grad,
@@ -27,6 +28,7 @@ __all__ = [
     "gamma_ce_grad",
     "gamma_ce_value_and_grad",
     "gamma_schedule",
+    "linear",
     "tailr",
     "tailr_grad",
     "tailr_value_and_grad",

@@ -199,3 +199,133 @@ def _first(xp, mask, values):
         idx.append(rest % size)
         rest //= size
     return tuple(reversed(idx)), (int(value) if xp.isdtype(value.dtype, "integral") else float(value))
+
+
+# --------------------------------------------------------------------------- gammace_ref.linear
+
+
+@dataclass(frozen=True)
+class CheckedLinear:
+    """Validated inputs of :mod:`gammace_ref.linear`, ready for its chunked driver.
+
+    ``h`` is ``hidden`` flattened to ``(N, H)``, ``w`` the ``(C, H)`` weight and
+    ``b`` the ``(C,)`` bias or ``None``, all in the compute dtype (float32 for
+    narrower floats); ``y`` the ``(N,)`` targets in the index dtype;
+    ``batch_shape`` the leading shape of ``hidden`` (that of ``targets``);
+    ``chunk_size`` the resolved number of rows per chunk.
+    """
+
+    xp: Any
+    h: Any
+    w: Any
+    b: Any
+    y: Any
+    batch_shape: tuple
+    hidden_dtype: Any
+    weight_dtype: Any
+    gamma: Any
+    threshold: Any
+    reduction: str
+    ignore_index: int | None
+    label_smoothing: float
+    chunk_size: int
+    device: Any
+
+
+def positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {_describe(value)} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def check_linear(hidden, weight, bias, targets, gamma, threshold, *, reduction, ignore_index, label_smoothing,
+                 memory_budget, chunk_size, rows_for_budget) -> CheckedLinear:
+    """Validate the arguments of the ``gammace_ref.linear`` functions.
+
+    ``hidden`` ``(..., H)`` and ``weight`` ``(C, H)`` of one real floating
+    dtype, ``bias`` ``None`` or ``(C,)`` of that dtype, ``targets`` integer of
+    ``hidden``'s leading shape, all of one library and on one device.
+    ``rows_for_budget(n_classes, itemsize, memory_budget)`` turns the budget
+    into rows per chunk when ``chunk_size`` is ``None``.
+    """
+    arrays = [("hidden", hidden), ("weight", weight), ("targets", targets)]
+    if bias is not None:
+        arrays.insert(2, ("bias", bias))
+    for name, arr in arrays:
+        if not _is_array(arr):
+            raise TypeError(f"{name} must be an array of an array-API library, got {_describe(arr)}")
+    try:
+        xp = array_api_compat.array_namespace(*(a for _, a in arrays))
+    except TypeError as exc:
+        kinds = ", ".join(f"{n} ({_describe(a)})" for n, a in arrays)
+        raise TypeError(f"{kinds} must come from the same array library") from exc
+    devices = [(n, array_api_compat.device(a)) for n, a in arrays]
+    known = [(n, d) for n, d in devices if d is not None]  # None: traced, placement unknown
+    for n, d in known[1:]:
+        if d != known[0][1]:
+            raise ValueError(f"{known[0][0]} (on device {known[0][1]}) and {n} (on device {d}) "
+                             "must be on the same device")
+    device = array_api_compat.device(hidden)
+
+    for name, arr in arrays:
+        if name != "targets" and not xp.isdtype(arr.dtype, "real floating"):
+            raise TypeError(f"{name} must have a real floating dtype, got {arr.dtype}")
+    if not xp.isdtype(targets.dtype, "integral"):
+        raise TypeError(f"targets must have an integer dtype (class indices), got {targets.dtype}")
+    for name, arr in arrays[1:-1]:
+        if arr.dtype != hidden.dtype:
+            raise TypeError(f"{name} dtype {arr.dtype} differs from hidden dtype {hidden.dtype}: "
+                            "give them one dtype")
+    if hidden.ndim < 1:
+        raise ValueError("hidden must have at least one dimension (the hidden axis, last), got a 0-d array")
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-d (classes, hidden), got shape {tuple(weight.shape)}")
+    n_classes, width = weight.shape
+    if n_classes == 0:
+        raise ValueError(f"weight has no classes: shape {tuple(weight.shape)}")
+    if hidden.shape[-1] != width:
+        raise ValueError(f"hidden shape {tuple(hidden.shape)} does not match weight shape {tuple(weight.shape)}: "
+                         f"the last axis of hidden must have weight.shape[1] = {width} entries")
+    if bias is not None and tuple(bias.shape) != (n_classes,):
+        raise ValueError(f"bias shape {tuple(bias.shape)} does not match weight shape {tuple(weight.shape)}: "
+                         f"expected ({n_classes},)")
+    batch_shape = tuple(hidden.shape[:-1])
+    if tuple(targets.shape) != batch_shape:
+        raise ValueError(f"targets shape {tuple(targets.shape)} does not match hidden shape "
+                         f"{tuple(hidden.shape)} without its last axis: expected {batch_shape}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
+        raise TypeError(f"ignore_index must be an int or None, got {_describe(ignore_index)} {ignore_index!r}")
+
+    compute = hidden.dtype if hidden.dtype in (xp.float32, xp.float64) else xp.float32
+    itemsize = xp.finfo(compute).bits // 8
+    budget = None if memory_budget is None else positive_int("memory_budget", memory_budget)
+    if chunk_size is not None:  # overrides the budget
+        rows = positive_int("chunk_size", chunk_size)
+    else:
+        rows = rows_for_budget(n_classes, itemsize, budget)
+    n_rows = 1
+    for s in batch_shape:
+        n_rows *= s
+    h = xp.reshape(xp.astype(hidden, compute, copy=False), (n_rows, width))
+    index = xp.__array_namespace_info__().default_dtypes(device=device)["indexing"]
+    return CheckedLinear(
+        xp=xp,
+        h=h,
+        w=xp.astype(weight, compute, copy=False),
+        b=None if bias is None else xp.astype(bias, compute, copy=False),
+        y=xp.reshape(xp.astype(targets, index, copy=False), (n_rows,)),
+        batch_shape=batch_shape,
+        hidden_dtype=hidden.dtype,
+        weight_dtype=weight.dtype,
+        gamma=unit_interval("gamma", gamma),
+        threshold=unit_interval("threshold", threshold),
+        reduction=reduction,
+        ignore_index=None if ignore_index is None else int(ignore_index),
+        label_smoothing=smoothing(label_smoothing),
+        chunk_size=min(rows, max(n_rows, 1)),
+        device=device,
+    )

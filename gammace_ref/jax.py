@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _core, _validation
+from . import _core, _validation, linear
 
-__all__ = ["gamma_ce", "tailr"]
+__all__ = ["gamma_ce", "linear_gamma_ce", "linear_tailr", "tailr"]
 
 
 # `scalars`: (gamma, threshold), each a traced 0-d array or None; `static`:
@@ -83,3 +83,64 @@ def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignor
           label_smoothing=0.0):
     """TaiLr objective of :func:`gammace_ref.tailr`, differentiable with the paper's gradient."""
     return _call(logits, targets, gamma, threshold, True, axis, reduction, ignore_index, label_smoothing)
+
+
+# --------------------------------------------------------------------------- from hidden states
+# `static`: (gamma, threshold, tailr, reduction, ignore_index, label_smoothing, memory_budget, chunk_size)
+# with None for a traced gamma / threshold (then in `scalars`).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _linear_loss(hidden, weight, bias, targets, scalars, static):
+    return _linear_fwd(hidden, weight, bias, targets, scalars, static)[0]
+
+
+def _linear_args(arrays, scalars, static):
+    arrays = [jnp.asarray(a) if isinstance(a, np.ndarray) else a for a in arrays]
+    gamma, threshold = (s if s is not None else v for s, v in zip(scalars, static[:2]))
+    return arrays, (gamma, threshold, static[2])
+
+
+def _linear_fwd(hidden, weight, bias, targets, scalars, static):
+    (hidden, weight, bias, targets), head = _linear_args((hidden, weight, bias, targets), scalars, static)
+    if static[3] == "none":  # the backward pass runs the chunks again with the per-target cotangent
+        loss = linear._run(hidden, weight, bias, targets, *head, False, *static[3:], scan=jax.lax.scan).loss
+        return loss, (hidden, weight, bias, targets, scalars)
+    out = linear._run(hidden, weight, bias, targets, *head, True, *static[3:], scan=jax.lax.scan)
+    return out.loss, (out.hidden, out.weight, out.bias, targets, scalars)
+
+
+def _linear_bwd(static, res, g):
+    zero = functools.partial(jax.tree_util.tree_map, _zero_cotangent)
+    if static[3] == "none":
+        (hidden, weight, bias, targets), head = _linear_args(res[:4], res[4], static)
+        out = linear._run(hidden, weight, bias, targets, *head, True, *static[3:], cotangent=g, scan=jax.lax.scan)
+        grads = (out.hidden, out.weight, out.bias)
+    else:
+        grads = tuple(None if t is None else t * g.astype(t.dtype) for t in res[:3])
+    return (*grads, *zero((res[3], res[4])))
+
+
+_linear_loss.defvjp(_linear_fwd, _linear_bwd)
+
+
+def _linear_call(hidden, weight, bias, targets, gamma, threshold, *static):
+    traced = [jnp.asarray(v) if _validation._is_array(v) else None for v in (gamma, threshold)]
+    fixed = [None if t is not None else v for t, v in zip(traced, (gamma, threshold))]
+    return _linear_loss(hidden, weight, bias, targets, tuple(traced), (*fixed, *static))
+
+
+def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mean", ignore_index=None,
+                    label_smoothing=0.0, memory_budget=None, chunk_size=None):
+    """γ-CE of ``hidden @ weight.T + bias``, differentiable in ``hidden``, ``weight`` and ``bias``.
+
+    Computed chunk by chunk by :mod:`gammace_ref.linear` (no N×C logits);
+    works under ``jit`` and ``grad``.
+    """
+    return _linear_call(hidden, weight, bias, targets, gamma, 0.0, False, reduction, ignore_index, label_smoothing,
+                        memory_budget, chunk_size)
+
+
+def linear_tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="mean", ignore_index=None,
+                 label_smoothing=0.0, memory_budget=None, chunk_size=None):
+    """TaiLr objective of ``hidden @ weight.T + bias`` with the paper's gradient, chunk by chunk."""
+    return _linear_call(hidden, weight, bias, targets, gamma, threshold, True, reduction, ignore_index,
+                        label_smoothing, memory_budget, chunk_size)

@@ -28,9 +28,9 @@ import warnings
 import array_api_compat.torch as _compat
 import torch
 
-from . import _core, _validation
+from . import _core, _validation, linear
 
-__all__ = ["GammaCELoss", "TaiLrLoss", "gamma_ce", "tailr"]
+__all__ = ["GammaCELoss", "TaiLrLoss", "gamma_ce", "linear_gamma_ce", "linear_tailr", "tailr"]
 
 
 def _take_along_axis(x, indices, /, *, axis=-1):
@@ -202,3 +202,76 @@ class TaiLrLoss(GammaCELoss):
 
     def extra_repr(self):
         return super().extra_repr() + f", threshold={self.threshold}"
+
+
+# --------------------------------------------------------------------------- from hidden states
+
+
+class _Linear(torch.autograd.Function):
+    """:mod:`gammace_ref.linear` in autograd: the gradients come with the loss, chunk by chunk.
+
+    ``"mean"``/``"sum"``: ``forward`` computes the loss and the three
+    gradients (never N×C logits); ``backward`` scales them by the upstream
+    scalar.  ``"none"``: ``forward`` computes the losses only and
+    ``backward`` runs the chunks again with the upstream per-target weights.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, *args):
+        ctx.args = args  # gamma, threshold, tailr, reduction, ignore_index, label_smoothing, budget, chunk
+        ctx.has_bias = bias is not None
+        if args[3] == "none":
+            out = linear._run(hidden, weight, bias, targets, *args[:3], False, *args[3:])
+            ctx.save_for_backward(hidden, weight, bias, targets)
+        else:
+            out = linear._run(hidden, weight, bias, targets, *args[:3], True, *args[3:])
+            ctx.save_for_backward(out.hidden, out.weight, out.bias)
+        return out.loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        args = ctx.args
+        if args[3] == "none":
+            hidden, weight, bias, targets = ctx.saved_tensors
+            out = linear._run(hidden, weight, bias if ctx.has_bias else None, targets, *args[:3], True, *args[3:],
+                              cotangent=g)
+            grads = (out.hidden, out.weight, out.bias)
+        elif (g.device.type == "cpu" and not torch.compiler.is_compiling()
+              and not torch._C._functorch.is_functorch_wrapped_tensor(g) and float(g) == 1.0):
+            grads = ctx.saved_tensors  # loss.backward(): the stored gradients are the answer, without a copy
+        else:
+            grads = tuple(None if t is None else t * g.to(t.dtype) for t in ctx.saved_tensors)
+        grads = tuple(t if need else None for t, need in zip(grads, ctx.needs_input_grad[:3]))
+        return grads + (None,) * (1 + len(args))
+
+
+def _linear(hidden, weight, bias, targets, *args):
+    for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias), ("targets", targets)):
+        if not (isinstance(t, torch.Tensor) or (name == "bias" and t is None)):
+            raise TypeError(f"{name} must be a torch.Tensor{' or None' if name == 'bias' else ''}, "
+                            f"got {_validation._describe(t)}")
+    tracked = any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if torch.is_grad_enabled() and tracked:
+        return _Linear.apply(hidden, weight, bias, targets, *args)
+    return linear._run(hidden, weight, bias, targets, *args[:3], False, *args[3:]).loss
+
+
+def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mean", ignore_index=None,
+                    label_smoothing=0.0, memory_budget=None, chunk_size=None):
+    """γ-CE of ``F.linear(hidden, weight, bias)`` as a differentiable op, without materialising the logits.
+
+    ``hidden`` ``(..., H)``, ``weight`` ``(C, H)``, ``bias`` ``(C,)`` or
+    ``None``, ``targets`` of ``hidden``'s leading shape.  Gradients flow to
+    ``hidden``, ``weight`` and ``bias``; see :mod:`gammace_ref.linear` (the
+    core runs eagerly, chunk by chunk).
+    """
+    return _linear(hidden, weight, bias, targets, gamma, 0.0, False, reduction, ignore_index, label_smoothing,
+                   memory_budget, chunk_size)
+
+
+def linear_tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="mean", ignore_index=None,
+                 label_smoothing=0.0, memory_budget=None, chunk_size=None):
+    """TaiLr objective of ``F.linear(hidden, weight, bias)`` with the paper's gradient, chunk by chunk."""
+    return _linear(hidden, weight, bias, targets, gamma, threshold, True, reduction, ignore_index, label_smoothing,
+                   memory_budget, chunk_size)
