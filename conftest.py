@@ -15,7 +15,8 @@ from gammace_ref.testing.backends import Backend, BackendUnderTest, selected_dty
 
 # Doctest collection imports every module of the package: skip the adapters
 # whose framework is not installed here.
-collect_ignore = [f"gammace_ref/{m}.py" for m in ("torch", "jax") if importlib.util.find_spec(m) is None]
+collect_ignore = [p for m, p in (("torch", "gammace_ref/torch"), ("jax", "gammace_ref/jax.py"))
+                  if importlib.util.find_spec(m) is None]
 
 
 @pytest.fixture(params=list(Backend), ids=lambda b: b.value)

@@ -28,7 +28,7 @@ import warnings
 import array_api_compat.torch as _compat
 import torch
 
-from . import _core, _validation, linear
+from .. import _core, _validation, linear
 
 __all__ = ["GammaCELoss", "TaiLrLoss", "gamma_ce", "linear_gamma_ce", "linear_tailr", "tailr"]
 
