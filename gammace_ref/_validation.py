@@ -76,6 +76,17 @@ def smoothing(value: Any) -> float:
     return v
 
 
+def _options(gamma, threshold, reduction, ignore_index, label_smoothing) -> dict:
+    """The scalar arguments every loss function shares, checked and normalised."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
+        raise TypeError(f"ignore_index must be an int or None, got {_describe(ignore_index)} {ignore_index!r}")
+    return dict(gamma=unit_interval("gamma", gamma), threshold=unit_interval("threshold", threshold),
+                reduction=reduction, ignore_index=None if ignore_index is None else int(ignore_index),
+                label_smoothing=smoothing(label_smoothing))
+
+
 def check(logits, targets, gamma, threshold, *, axis, reduction, ignore_index, label_smoothing,
           xp=None) -> Checked:
     """Validate the arguments of every public loss function.
@@ -120,10 +131,7 @@ def check(logits, targets, gamma, threshold, *, axis, reduction, ignore_index, l
             f"targets shape {tuple(targets.shape)} does not match logits shape {tuple(logits.shape)} "
             f"without class axis {axis}: expected {expected}"
         )
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
-        raise TypeError(f"ignore_index must be an int or None, got {_describe(ignore_index)} {ignore_index!r}")
+    options = _options(gamma, threshold, reduction, ignore_index, label_smoothing)
 
     # float16 / bfloat16 (and any other narrow float) compute in float32, as
     # the official criterion upcasts; the gradient goes back to logits.dtype.
@@ -139,11 +147,7 @@ def check(logits, targets, gamma, threshold, *, axis, reduction, ignore_index, l
         y=y,
         axis=axis,
         out_dtype=logits.dtype,
-        gamma=unit_interval("gamma", gamma),
-        threshold=unit_interval("threshold", threshold),
-        reduction=reduction,
-        ignore_index=None if ignore_index is None else int(ignore_index),
-        label_smoothing=smoothing(label_smoothing),
+        **options,
     )
 
 
@@ -295,10 +299,7 @@ def check_linear(hidden, weight, bias, targets, gamma, threshold, *, reduction, 
     if tuple(targets.shape) != batch_shape:
         raise ValueError(f"targets shape {tuple(targets.shape)} does not match hidden shape "
                          f"{tuple(hidden.shape)} without its last axis: expected {batch_shape}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
-        raise TypeError(f"ignore_index must be an int or None, got {_describe(ignore_index)} {ignore_index!r}")
+    options = _options(gamma, threshold, reduction, ignore_index, label_smoothing)
 
     compute = hidden.dtype if hidden.dtype in (xp.float32, xp.float64) else xp.float32
     itemsize = xp.finfo(compute).bits // 8
@@ -321,11 +322,7 @@ def check_linear(hidden, weight, bias, targets, gamma, threshold, *, reduction, 
         batch_shape=batch_shape,
         hidden_dtype=hidden.dtype,
         weight_dtype=weight.dtype,
-        gamma=unit_interval("gamma", gamma),
-        threshold=unit_interval("threshold", threshold),
-        reduction=reduction,
-        ignore_index=None if ignore_index is None else int(ignore_index),
-        label_smoothing=smoothing(label_smoothing),
+        **options,
         chunk_size=min(rows, max(n_rows, 1)),
         device=device,
     )
