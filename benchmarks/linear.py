@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import sys
@@ -43,7 +42,7 @@ import gammace_ref as G
 from gammace_ref import linear
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import _rss_peak_extra, _versions  # the same memory probe
+from speed import _rss_peak_extra, report  # the same memory probe and table
 
 GAMMA = 0.1
 GOALS = {"numpy gammace_ref.linear (fused)": (1.2, 8.0)}  # issue 6: time ≤ 1.2×, memory ≥ 8× lower
@@ -174,17 +173,12 @@ def main(argv=None):
     print(f"\nN={args.n}, C={args.c}, H={args.h}, float32; logits would be {args.n * args.c * 4 / 2**30:.2f} GiB; "
           f"fused chunk = {linear.chunk_rows(args.c, 4, args.budget)} rows; {args.repeats} timed rounds"
           f"{' + the warm-up (numpy, torch)' if args.time_warmup else ''}\n")
-    print("| backend | candidate | median s | × baseline time | peak extra MiB | memory ÷ | goal |")
-    print("|---|---|---:|---:|---:|---:|---|")
     for r in rows:
-        red = "" if r["memory_reduction"] is None else f"{r['memory_reduction']:.1f}× lower"
-        mib = "" if r["peak_extra_mib"] is None else f"{r['peak_extra_mib']:.0f}"
-        print(f"| {r['backend']} | {r['candidate']} | {r['median_s']:.2f} | {r['time_ratio']:.2f} | {mib} "
-              f"| {red if r['candidate'] != r['baseline'] else '(baseline)'} | {r['goal'] or ''} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"versions": _versions(), "args": vars(args), "rows": rows}, f, indent=1)
-            f.write("\n")
+        r["memory"] = ("(baseline)" if r["candidate"] == r["baseline"] else
+                       None if r["memory_reduction"] is None else f"{r['memory_reduction']:.1f}× lower")
+    report(rows, {"backend": "{}", "candidate": "{}", "median s": ("median_s", "{:.2f}"),
+                  "× baseline time": ("time_ratio", "{:.2f}"), "peak extra MiB": ("peak_extra_mib", "{:.0f}"),
+                  "memory ÷": ("memory", "{}"), "goal": "{}"}, args.json, args=vars(args))
 
 
 if __name__ == "__main__":

@@ -255,16 +255,27 @@ def main(argv=None):
             del fns
             gc.collect()
 
-    print(f"\n| shape | backend | candidate | median ms | × baseline | goal | peak extra / logits bytes |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print()
+    report(rows, {"shape": "{}", "backend": "{}", "candidate": "{}", "median ms": ("median_ms", "{:.1f}"),
+                  "× baseline": ("ratio", "{:.2f}"), "goal": ("goal", "≤ {}"),
+                  "peak extra / logits bytes": ("peak_extra_x_logits", "{:.2f}")},
+           args.json, repeats=args.repeats)
+
+
+def report(rows, columns, json_path=None, **meta):
+    """Print ``rows`` (dicts) as a Markdown table and write them, with versions and ``meta``, as JSON.
+
+    ``columns`` maps a header to a format (key = the header) or to ``(key, format)``;
+    ``None`` values print empty.  Shared by the benchmarks of this folder.
+    """
+    spec = {h: (c if isinstance(c, tuple) else (h, c)) for h, c in columns.items()}
+    print("| " + " | ".join(spec) + " |")
+    print("|" + "|".join("---:" if fmt.startswith("{:") else "---" for _, fmt in spec.values()) + "|")
     for r in rows:
-        goal = "" if r["goal"] is None else f"≤ {r['goal']}"
-        mem = "" if r["peak_extra_x_logits"] is None else f"{r['peak_extra_x_logits']:.2f}"
-        print(f"| {r['shape']} | {r['backend']} | {r['candidate']} | {r['median_ms']:.1f} | {r['ratio']:.2f} "
-              f"| {goal} | {mem} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"versions": _versions(), "repeats": args.repeats, "rows": rows}, f, indent=1)
+        print("| " + " | ".join("" if r[k] is None else fmt.format(r[k]) for k, fmt in spec.values()) + " |")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"versions": _versions(), **meta, "rows": rows}, f, indent=1)
             f.write("\n")
 
 
