@@ -169,9 +169,10 @@ def test_chunk_rows_from_the_budget():
     assert linear.chunk_rows(128000, 8, 1) == 1  # never less than a row
 
 
-def _checked(**kw):
-    return _validation.check_linear(HIDDEN, WEIGHT, None, TARGETS, 0.1, 0.0, reduction="mean", ignore_index=None,
-                                    label_smoothing=0.0, rows_for_budget=linear.chunk_rows, **kw)
+class _checked:
+    def __init__(self, **kw):
+        self.chunk_size = linear.chunk_size(_validation.check_linear(HIDDEN, WEIGHT, None, TARGETS,
+                                                                     _validation.options(0.1), **kw))
 
 
 def test_budget_resolution():
