@@ -49,8 +49,8 @@ _xp.__dict__.update(vars(_compat), take_along_axis=_take_along_axis)
 _compile_error: list[Exception] = []
 
 
-def _kernel(z, y, static, gamma, threshold, need_grad):
-    opts = _options.Options.join(static, (gamma, threshold))
+def _kernel(z, y, static, operands, need_grad):
+    opts = _options.Options.join(static, operands)
     return _core.compute(_xp, z, y, opts, need_grad=need_grad, plan=_execution.Masked(_xp, z.device, readable=False))
 
 
@@ -80,12 +80,11 @@ def _run(logits, targets, opts, axis, compiled, need_grad):
     a = _validation.check_logits(logits, targets, opts, axis=axis, xp=_xp)
     # γ and b as 0-d float64 tensors: the compiled kernel traces them instead of
     # recompiling for each value (a γ schedule changes γ every step).
-    static, _ = opts.split()
-    scalars = [torch.as_tensor(v, dtype=torch.float64, device=a.z.device) for v in (opts.gamma, opts.threshold)]
+    as_tensor = functools.partial(torch.as_tensor, dtype=torch.float64, device=a.z.device)
+    static, operands = opts.replace(gamma=as_tensor(opts.gamma), threshold=as_tensor(opts.threshold)).split()
     try:
         with torch.no_grad():  # one graph whatever the grad mode and requires_grad
-            loss, grad, bad = _compiled_kernel()(a.z.detach(), a.y, static.replace(gamma=None, threshold=None),
-                                                 *scalars, need_grad)
+            loss, grad, bad = _compiled_kernel()(a.z.detach(), a.y, static, operands, need_grad)
     except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError since 2.5) not a compilation problem
         raise
     except Exception as exc:  # stay correct, eagerly
