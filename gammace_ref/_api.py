@@ -36,7 +36,7 @@ def restore_layout(a: _validation.Checked, grad):
 
 @_docs.shared("loss", "grad")
 def gamma_ce_value_and_grad(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None,
-                            label_smoothing=0.0):
+                            label_smoothing=0.0, where=None):
     r"""γ-cross-entropy and its exact gradient with respect to ``logits``.
 
     $$
@@ -66,12 +66,13 @@ def gamma_ce_value_and_grad(logits, targets, gamma, *, axis=-1, reduction="mean"
     -1.751302152539304e-26
     """
     opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return value_and_grad(logits, targets, opts, axis=axis)
 
 
 @_docs.shared("loss")
-def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0):
+def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0,
+             where=None):
     """γ-cross-entropy ``-log(γ + (1-γ)p)/(1-γ)`` (no gradient work); see :func:`gamma_ce_value_and_grad`.
 
     [parameters]
@@ -79,12 +80,13 @@ def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=
     [returns]
     """
     opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return value_and_grad(logits, targets, opts, axis=axis, need_grad=False)[0]
 
 
 @_docs.shared("grad")
-def gamma_ce_grad(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0):
+def gamma_ce_grad(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0,
+                  where=None):
     """Gradient ``w·(softmax - onehot)`` of :func:`gamma_ce` with respect to ``logits``.
 
     [parameters]
@@ -92,12 +94,12 @@ def gamma_ce_grad(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_i
     [returns]
     """
     return gamma_ce_value_and_grad(logits, targets, gamma, axis=axis, reduction=reduction,
-                                   ignore_index=ignore_index, label_smoothing=label_smoothing)[1]
+                                   ignore_index=ignore_index, label_smoothing=label_smoothing, where=where)[1]
 
 
 @_docs.shared("loss", "grad")
 def tailr_value_and_grad(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None,
-                         label_smoothing=0.0):
+                         label_smoothing=0.0, where=None):
     r"""TaiLr objective as the official criterion computes it, and its gradient.
 
     Per target, with the weight ``W = clip(w, b, 1)`` held constant
@@ -120,12 +122,13 @@ def tailr_value_and_grad(logits, targets, gamma, threshold, *, axis=-1, reductio
     [returns]
     """
     opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return value_and_grad(logits, targets, opts, axis=axis)
 
 
 @_docs.shared("loss")
-def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0):
+def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0,
+          where=None):
     """TaiLr surrogate ``clip(w, b, 1)·(-log p)`` (no gradient work); see :func:`tailr_value_and_grad`.
 
     [parameters]
@@ -133,13 +136,13 @@ def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignor
     [returns]
     """
     opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return value_and_grad(logits, targets, opts, axis=axis, need_grad=False)[0]
 
 
 @_docs.shared("grad")
 def tailr_grad(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None,
-               label_smoothing=0.0):
+               label_smoothing=0.0, where=None):
     """The paper's gradient ``clip(w, b, 1)·(softmax - onehot)``; see :func:`tailr_value_and_grad`.
 
     [parameters]
@@ -147,7 +150,7 @@ def tailr_grad(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", 
     [returns]
     """
     return tailr_value_and_grad(logits, targets, gamma, threshold, axis=axis, reduction=reduction,
-                                ignore_index=ignore_index, label_smoothing=label_smoothing)[1]
+                                ignore_index=ignore_index, label_smoothing=label_smoothing, where=where)[1]
 
 
 # --------------------------------------------------------------------------- on target log-probabilities

@@ -89,6 +89,8 @@ def targets(xp, y, opts: Options, n_classes: int, device):
         valid = xp.ones(y.shape, dtype=xp.bool, device=device)
     else:
         valid = y != opts.ignore_index
+    if opts.where is not None:
+        valid = valid & opts.where
     return valid, xp.where(valid & (y >= 0) & (y < n_classes), y, 0)[..., None]
 
 

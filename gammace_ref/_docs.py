@@ -42,6 +42,8 @@ PARAMETERS = {
                         "ε. Adds the uniform-target cross-entropy, unweighted, as torch's "
                         "``label_smoothing`` and the official TaiLr criterion do: "
                         "``(1-ε)·main + ε/C·Σ_j -log p_j``."),
+    "where": ("boolean array of the targets' shape, or None",
+              "Only the True entries count, as if the others were ``ignore_index`` (optax's ``where``)."),
     "memory_budget": ("int or None",
                       "Bytes of chunk temporaries allowed (default 256 MiB); sets the rows per chunk."),
     "chunk_size": ("int or None", "Rows per chunk; overrides ``memory_budget``."),

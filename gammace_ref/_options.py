@@ -26,7 +26,9 @@ class Options:
     (traced, unchecked); ``threshold`` is TaiLr's ``b`` (unused by γ-CE);
     ``tailr`` selects the TaiLr surrogate; ``reduction`` is ``"none"``,
     ``"mean"`` or ``"sum"``; ``ignore_index`` an int or ``None``;
-    ``label_smoothing`` a float in [0, 1).
+    ``label_smoothing`` a float in [0, 1); ``where`` ``None`` or a boolean
+    array of the targets' shape: only its True entries count (optax's
+    ``where``), as if the others were ``ignore_index``.
     """
 
     gamma: Any = 0.0
@@ -35,9 +37,10 @@ class Options:
     reduction: str = "mean"
     ignore_index: int | None = None
     label_smoothing: float = 0.0
+    where: Any = None
 
     #: The fields that may hold an array: operands of a compiled function.
-    OPERANDS = ("gamma", "threshold")
+    OPERANDS = ("gamma", "threshold", "where")
 
     def split(self) -> tuple[Options, tuple]:
         """``(static, operands)``: a hashable copy with ``None`` for each array field, and those arrays.

@@ -96,12 +96,26 @@ def positive_int(name: str, value: Any) -> int:
 
 
 def options(gamma, threshold=0.0, *, tailr=False, reduction="mean", ignore_index=None,
-            label_smoothing=0.0) -> Options:
-    """The checked :class:`~gammace_ref._options.Options` of a loss call."""
+            label_smoothing=0.0, where=None) -> Options:
+    """The checked :class:`~gammace_ref._options.Options` of a loss call (``where``'s shape: by the entry points)."""
+    if where is not None and not is_array(where):
+        raise TypeError(f"where must be None or a boolean array, got {describe(where)}")
     return Options(gamma=unit_interval("gamma", gamma), threshold=unit_interval("threshold", threshold),
                    tailr=bool(tailr), reduction=check_reduction(reduction),
                    ignore_index=check_ignore_index(ignore_index),
-                   label_smoothing=smoothing(label_smoothing))
+                   label_smoothing=smoothing(label_smoothing), where=where)
+
+
+def check_where(xp, opts: Options, shape: tuple) -> Options:
+    """``opts`` with ``where`` checked (boolean, of ``shape``: the targets') and reshaped to ``shape``."""
+    if opts.where is None:
+        return opts
+    where = opts.where
+    if where.dtype != xp.bool:
+        raise TypeError(f"where must have a boolean dtype, got {where.dtype}")
+    if tuple(where.shape) != tuple(shape):
+        raise ValueError(f"where shape {tuple(where.shape)} does not match targets shape {tuple(shape)}")
+    return opts
 
 
 def namespace(named: list, xp=None):
@@ -174,7 +188,8 @@ class Checked:
 
 def check_logits(logits, targets, opts: Options, *, axis, xp=None) -> Checked:
     """Validate ``logits`` (real floating, class axis ``axis``) and ``targets`` (integer, the rest of the shape)."""
-    xp, device = namespace([("logits", logits), ("targets", targets)], xp)
+    where = [("where", opts.where)] if opts.where is not None else []
+    xp, device = namespace([("logits", logits), ("targets", targets)] + where, xp)
     real_floating(xp, "logits", logits)
     integral(xp, "targets", targets)
     if logits.ndim < 1:
@@ -196,6 +211,7 @@ def check_logits(logits, targets, opts: Options, *, axis, xp=None) -> Checked:
     if axis != logits.ndim - 1:
         z = xp.moveaxis(z, axis, -1)
     y = xp.astype(targets, index_dtype(xp, device), copy=False)
+    opts = check_where(xp, opts, expected)
     return Checked(xp=xp, z=z, y=y, axis=axis, out_dtype=logits.dtype, options=opts, device=device)
 
 
@@ -233,7 +249,8 @@ def check_linear(hidden, weight, bias, targets, opts: Options, *, memory_budget,
     ``hidden``'s leading shape, all of one library and on one device.
     """
     named = [("hidden", hidden), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
-    xp, device = namespace(named + [("targets", targets)], xp)
+    where = [("where", opts.where)] if opts.where is not None else []
+    xp, device = namespace(named + [("targets", targets)] + where, xp)
     for name, arr in named:
         real_floating(xp, name, arr)
         if arr.dtype != hidden.dtype:
@@ -261,6 +278,9 @@ def check_linear(hidden, weight, bias, targets, opts: Options, *, memory_budget,
     n_rows = 1
     for s in batch_shape:
         n_rows *= s
+    opts = check_where(xp, opts, batch_shape)
+    if opts.where is not None:
+        opts = opts.replace(where=xp.reshape(opts.where, (n_rows,)))
     return CheckedLinear(
         xp=xp,
         h=xp.reshape(xp.astype(hidden, compute, copy=False), (n_rows, width)),

@@ -77,7 +77,7 @@ def _call(fn, arrays, opts, *static_args):
 
 
 @_docs.shared("loss")
-def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0):
+def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0, where=None):
     """γ-CE loss of :func:`gammace_ref.gamma_ce`, differentiable with the exact analytic gradient.
 
     [parameters]
@@ -85,13 +85,13 @@ def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=
     [returns]
     """
     opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return _call(_loss, (logits, targets), opts, axis)
 
 
 @_docs.shared("loss")
 def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None,
-          label_smoothing=0.0):
+          label_smoothing=0.0, where=None):
     """TaiLr objective of :func:`gammace_ref.tailr`, differentiable with the paper's gradient.
 
     [parameters]
@@ -99,7 +99,7 @@ def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignor
     [returns]
     """
     opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return _call(_loss, (logits, targets), opts, axis)
 
 
@@ -138,7 +138,7 @@ _linear_loss.defvjp(_linear_fwd, _linear_bwd)
 
 @_docs.shared("loss")
 def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mean", ignore_index=None,
-                    label_smoothing=0.0, memory_budget=None, chunk_size=None):
+                    label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
     """γ-CE of ``hidden @ weight.T + bias``, differentiable in ``hidden``, ``weight`` and ``bias``.
 
     Computed chunk by chunk by :mod:`gammace_ref.linear` (no N×C logits);
@@ -149,13 +149,13 @@ def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mea
     [returns]
     """
     opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return _call(_linear_loss, (hidden, weight, bias, targets), opts, (memory_budget, chunk_size))
 
 
 @_docs.shared("loss")
 def linear_tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="mean", ignore_index=None,
-                 label_smoothing=0.0, memory_budget=None, chunk_size=None):
+                 label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
     """TaiLr objective of ``hidden @ weight.T + bias`` with the paper's gradient, chunk by chunk.
 
     [parameters]
@@ -163,5 +163,5 @@ def linear_tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduct
     [returns]
     """
     opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return _call(_linear_loss, (hidden, weight, bias, targets), opts, (memory_budget, chunk_size))

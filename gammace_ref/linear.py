@@ -86,7 +86,7 @@ def chunk_rows(n_classes: int, itemsize: int, memory_budget: int | None = None) 
 
 @_docs.shared("linear")
 def gamma_ce_value_and_grad(hidden, weight, targets, gamma, *, bias=None, reduction="mean", ignore_index=None,
-                            label_smoothing=0.0, memory_budget=None, chunk_size=None) -> LinearGrads:
+                            label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None) -> LinearGrads:
     """γ-CE of ``hidden @ weight.T + bias`` and its gradients, chunk by chunk.
 
     Same value and gradient as :func:`gammace_ref.gamma_ce_value_and_grad` on
@@ -111,13 +111,14 @@ def gamma_ce_value_and_grad(hidden, weight, targets, gamma, *, bias=None, reduct
     True
     """
     opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return run(hidden, weight, bias, targets, opts, memory_budget=memory_budget, chunk_size=chunk_size)
 
 
 @_docs.shared("linear")
 def tailr_value_and_grad(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="mean",
-                         ignore_index=None, label_smoothing=0.0, memory_budget=None, chunk_size=None) -> LinearGrads:
+                         ignore_index=None, label_smoothing=0.0, where=None, memory_budget=None,
+                         chunk_size=None) -> LinearGrads:
     """TaiLr objective of ``hidden @ weight.T + bias`` and its (the paper's) gradients, chunk by chunk.
 
     [parameters]
@@ -125,13 +126,13 @@ def tailr_value_and_grad(hidden, weight, targets, gamma, threshold, *, bias=None
     [returns]
     """
     opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return run(hidden, weight, bias, targets, opts, memory_budget=memory_budget, chunk_size=chunk_size)
 
 
 @_docs.shared("loss")
 def gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mean", ignore_index=None,
-             label_smoothing=0.0, memory_budget=None, chunk_size=None):
+             label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
     """γ-CE loss only (no gradient work), chunk by chunk; see :func:`gamma_ce_value_and_grad`.
 
     [parameters]
@@ -139,14 +140,14 @@ def gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mean", ign
     [returns]
     """
     opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return run(hidden, weight, bias, targets, opts, need_grad=False, memory_budget=memory_budget,
                chunk_size=chunk_size).loss
 
 
 @_docs.shared("loss")
 def tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="mean", ignore_index=None,
-          label_smoothing=0.0, memory_budget=None, chunk_size=None):
+          label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
     """TaiLr loss only, chunk by chunk; see :func:`tailr_value_and_grad`.
 
     [parameters]
@@ -154,7 +155,7 @@ def tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="me
     [returns]
     """
     opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return run(hidden, weight, bias, targets, opts, need_grad=False, memory_budget=memory_budget,
                chunk_size=chunk_size).loss
 
@@ -208,7 +209,7 @@ def fused(a: _validation.CheckedLinear, *, need_grad: bool, cotangent=None, scan
     writable = scan is None and array_api_compat.is_writeable_array(h)
     wt = w.T
 
-    def step(h_c, y_c, c_c, start):
+    def step(h_c, y_c, where_c, c_c, start):
         """One chunk: its loss and its shares of the three gradients."""
         z = xp.matmul(h_c, wt)
         if b is not None:
@@ -217,7 +218,7 @@ def fused(a: _validation.CheckedLinear, *, need_grad: bool, cotangent=None, scan
             else:
                 z = z + b
         try:
-            loss_c, g, _ = _core.compute(xp, z, y_c, chunk_opts, need_grad=need_grad,
+            loss_c, g, _ = _core.compute(xp, z, y_c, chunk_opts.replace(where=where_c), need_grad=need_grad,
                                          plan=_execution.plan(xp, z, dev, eager=scan is None))
         except ValueError as exc:
             raise ValueError(f"in the chunk of rows {start} to {start + h_c.shape[0] - 1} of the flattened "
@@ -246,7 +247,7 @@ def fused(a: _validation.CheckedLinear, *, need_grad: bool, cotangent=None, scan
         k = n // cs
         start = done = k * cs
         xs = (xp.reshape(h[:start, ...], (k, cs, width)), xp.reshape(y[:start], (k, cs)),
-              None if cotangent is None else xp.reshape(cotangent[:start], (k, cs)))
+              *(None if v is None else xp.reshape(v[:start], (k, cs)) for v in (opts.where, cotangent)))
 
         def body(carry, x):
             loss_c, dh_c, dw_c, db_c = step(*x, start=None)
@@ -264,7 +265,8 @@ def fused(a: _validation.CheckedLinear, *, need_grad: bool, cotangent=None, scan
     for start in range(done, n, cs):
         stop = min(start + cs, n)
         loss_c, dh_c, dw_c, db_c = step(h[start:stop, ...], y[start:stop],
-                                        None if cotangent is None else cotangent[start:stop], start)
+                                        *(None if v is None else v[start:stop] for v in (opts.where, cotangent)),
+                                        start)
         losses.append(loss_c)
         if not need_grad:
             continue

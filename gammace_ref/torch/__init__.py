@@ -148,7 +148,7 @@ def _loss(logits, targets, opts, axis, compiled):
 
 
 @_docs.shared("loss")
-def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0,
+def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0, where=None,
              compiled=True):
     """γ-CE loss of :func:`gammace_ref.gamma_ce` as a differentiable torch op (the exact gradient).
 
@@ -157,13 +157,13 @@ def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=
     [returns]
     """
     opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return _loss(logits, targets, opts, axis, compiled)
 
 
 @_docs.shared("loss")
 def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None,
-          label_smoothing=0.0, compiled=True):
+          label_smoothing=0.0, where=None, compiled=True):
     """TaiLr objective of :func:`gammace_ref.tailr` as a differentiable torch op (the paper's gradient).
 
     [parameters]
@@ -171,7 +171,7 @@ def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignor
     [returns]
     """
     opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return _loss(logits, targets, opts, axis, compiled)
 
 
@@ -185,7 +185,7 @@ class GammaCELoss(torch.nn.Module):
     def __init__(self, gamma, *, ignore_index=-100, reduction="mean", label_smoothing=0.0, compiled=True):
         super().__init__()
         opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                                   label_smoothing=label_smoothing)
+                                   label_smoothing=label_smoothing, where=where)
         self.gamma, self.ignore_index, self.reduction = opts.gamma, opts.ignore_index, opts.reduction
         self.label_smoothing, self.compiled = opts.label_smoothing, compiled
 
@@ -261,7 +261,7 @@ def _linear(hidden, weight, bias, targets, opts, memory_budget, chunk_size):
 
 @_docs.shared("loss")
 def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mean", ignore_index=None,
-                    label_smoothing=0.0, memory_budget=None, chunk_size=None):
+                    label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
     """γ-CE of ``F.linear(hidden, weight, bias)`` as a differentiable op, without materialising the logits.
 
     Gradients flow to ``hidden``, ``weight`` and ``bias``; see
@@ -272,13 +272,13 @@ def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mea
     [returns]
     """
     opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return _linear(hidden, weight, bias, targets, opts, memory_budget, chunk_size)
 
 
 @_docs.shared("loss")
 def linear_tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="mean", ignore_index=None,
-                 label_smoothing=0.0, memory_budget=None, chunk_size=None):
+                 label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
     """TaiLr objective of ``F.linear(hidden, weight, bias)`` with the paper's gradient, chunk by chunk.
 
     [parameters]
@@ -286,5 +286,5 @@ def linear_tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduct
     [returns]
     """
     opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing)
+                               label_smoothing=label_smoothing, where=where)
     return _linear(hidden, weight, bias, targets, opts, memory_budget, chunk_size)
