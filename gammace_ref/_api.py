@@ -50,10 +50,6 @@ def gamma_ce_value_and_grad(logits, targets, gamma, *, axis=-1, reduction="mean"
     against 60-digit mpmath in every regime, including ``1 - p`` far below
     machine epsilon and ``log p ≪ -700``.
 
-    [parameters]
-
-    [returns]
-
     Examples
     --------
     >>> import numpy as np
@@ -65,8 +61,7 @@ def gamma_ce_value_and_grad(logits, targets, gamma, *, axis=-1, reduction="mean"
     >>> print(f"{float(g[0, 0]):.15e}")         # -w·(1 - p), not 0
     -1.751302152539304e-26
     """
-    opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return value_and_grad(logits, targets, opts, axis=axis)
 
 
@@ -74,13 +69,8 @@ def gamma_ce_value_and_grad(logits, targets, gamma, *, axis=-1, reduction="mean"
 def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0,
              where=None):
     """γ-cross-entropy ``-log(γ + (1-γ)p)/(1-γ)`` (no gradient work); see :func:`gamma_ce_value_and_grad`.
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return value_and_grad(logits, targets, opts, axis=axis, need_grad=False)[0]
 
 
@@ -88,10 +78,6 @@ def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=
 def gamma_ce_grad(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0,
                   where=None):
     """Gradient ``w·(softmax - onehot)`` of :func:`gamma_ce` with respect to ``logits``.
-
-    [parameters]
-
-    [returns]
     """
     return gamma_ce_value_and_grad(logits, targets, gamma, axis=axis, reduction=reduction,
                                    ignore_index=ignore_index, label_smoothing=label_smoothing, where=where)[1]
@@ -116,13 +102,8 @@ def tailr_value_and_grad(logits, targets, gamma, threshold, *, axis=-1, reductio
     The value is a surrogate (its true derivative would also differentiate
     ``W``); the gradient is the paper's.  ``b = 0`` gives exactly the
     :func:`gamma_ce` gradient; γ = 1, b = 0 is DFT's ``sg(p)·(-log p)``.
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return value_and_grad(logits, targets, opts, axis=axis)
 
 
@@ -130,13 +111,8 @@ def tailr_value_and_grad(logits, targets, gamma, threshold, *, axis=-1, reductio
 def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0,
           where=None):
     """TaiLr surrogate ``clip(w, b, 1)·(-log p)`` (no gradient work); see :func:`tailr_value_and_grad`.
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return value_and_grad(logits, targets, opts, axis=axis, need_grad=False)[0]
 
 
@@ -144,10 +120,6 @@ def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignor
 def tailr_grad(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None,
                label_smoothing=0.0, where=None):
     """The paper's gradient ``clip(w, b, 1)·(softmax - onehot)``; see :func:`tailr_value_and_grad`.
-
-    [parameters]
-
-    [returns]
     """
     return tailr_value_and_grad(logits, targets, gamma, threshold, axis=axis, reduction=reduction,
                                 ignore_index=ignore_index, label_smoothing=label_smoothing, where=where)[1]
@@ -171,10 +143,6 @@ def gamma_ce_from_logp(logp, gamma):
     Exact in every regime because ``1 - p`` is taken as ``-expm1(log p)``;
     γ = 1 gives the limit ``1 - p``.
 
-    [parameters]
-
-    [returns]
-
     Examples
     --------
     >>> import numpy as np
@@ -190,10 +158,6 @@ def gamma_ce_dlogp(logp, gamma):
 
     Chain it with your own ``d log p / d θ``; for logits the result is
     ``w·(softmax - onehot)``.
-
-    [parameters]
-
-    [returns]
     """
     return -_logp_terms(logp, gamma)[2]
 
@@ -204,10 +168,6 @@ def tailr_weight(logp, gamma, threshold=0.0):
 
     The official criterion multiplies the NLL by this weight held constant
     (stop-gradient); ``threshold = b = 0`` gives the γ-CE weight ``w``.
-
-    [parameters]
-
-    [returns]
     """
     b = _validation.unit_interval("threshold", threshold)
     xp, _, w = _logp_terms(logp, gamma)

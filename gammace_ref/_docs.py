@@ -1,10 +1,9 @@
 """One text for the arguments the public functions share; each function's numpydoc sections are made from it.
 
-A public function writes its own summary, maths and examples, and the line
-``[parameters]`` (and ``[returns]``) where its Parameters (and Returns)
-section goes; :func:`shared` fills them in from :data:`PARAMETERS` and
-:data:`RETURNS`, in signature order, with each default read off the
-signature.  So ``help(gammace_ref.torch.gamma_ce)`` shows every argument,
+A public function writes its own summary, maths and examples;
+:func:`shared` adds its Parameters (and Returns) sections from
+:data:`PARAMETERS` and :data:`RETURNS`, in signature order, with each
+default read off the signature.  So ``help(gammace_ref.torch.gamma_ce)`` shows every argument,
 and a change of wording is made once.
 """
 
@@ -75,8 +74,9 @@ def _entry(name: str, type_: str, text: str, default=inspect.Parameter.empty) ->
 
 
 def shared(*returns: str, **overrides):
-    """Decorator: fill ``[parameters]`` / ``[returns]`` in the docstring from the shared text.
+    """Decorator: add the Parameters (and Returns) sections to the docstring, from the shared text.
 
+    They go before the docstring's Examples section, or at its end.
     ``returns`` names entries of :data:`RETURNS`; ``overrides`` replaces (or
     adds) entries of :data:`PARAMETERS` for this function: ``name=(type,
     description)``.
@@ -87,14 +87,12 @@ def shared(*returns: str, **overrides):
         for p in inspect.signature(fn).parameters.values():
             if p.name in table:
                 params += _entry(p.name, *table[p.name], p.default)
-        doc = inspect.cleandoc(fn.__doc__ or "")
-        doc = doc.replace("[parameters]", _section("Parameters", params))
+        sections = [_section("Parameters", params)]
         if returns:
-            rows = []
-            for r in returns:
-                rows += _entry(r, *RETURNS[r])
-            doc = doc.replace("[returns]", _section("Returns", rows))
-        fn.__doc__ = doc
+            sections.append(_section("Returns", [line for r in returns for line in _entry(r, *RETURNS[r])]))
+        doc = inspect.cleandoc(fn.__doc__ or "")
+        head, sep, examples = doc.partition("\nExamples\n--------")
+        fn.__doc__ = "\n\n".join([head.rstrip(), *sections]) + ("\n\n" + sep.lstrip("\n") + examples if sep else "")
         return fn
 
     return fill

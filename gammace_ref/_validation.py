@@ -106,6 +106,17 @@ def options(gamma, threshold=0.0, *, tailr=False, reduction="mean", ignore_index
                    label_smoothing=smoothing(label_smoothing), where=where)
 
 
+def options_of(arguments: dict) -> Options:
+    """The checked options of a public loss function, from its arguments (``locals()`` at its top).
+
+    TaiLr functions are those with a ``threshold`` argument.  A new option is
+    a field of :class:`~gammace_ref._options.Options`, its check in
+    :func:`options` and a keyword of the public functions: nothing positional.
+    """
+    names = ("gamma", "threshold", "reduction", "ignore_index", "label_smoothing", "where")
+    return options(**{k: arguments[k] for k in names if k in arguments}, tailr="threshold" in arguments)
+
+
 def check_where(xp, opts: Options, shape: tuple) -> Options:
     """``opts`` with ``where`` checked (boolean, of ``shape``: the targets') and reshaped to ``shape``."""
     if opts.where is None:

@@ -79,13 +79,8 @@ def _call(fn, arrays, opts, *static_args):
 @_docs.shared("loss")
 def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0, where=None):
     """γ-CE loss of :func:`gammace_ref.gamma_ce`, differentiable with the exact analytic gradient.
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return _call(_loss, (logits, targets), opts, axis)
 
 
@@ -93,13 +88,8 @@ def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=
 def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None,
           label_smoothing=0.0, where=None):
     """TaiLr objective of :func:`gammace_ref.tailr`, differentiable with the paper's gradient.
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return _call(_loss, (logits, targets), opts, axis)
 
 
@@ -143,13 +133,8 @@ def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mea
 
     Computed chunk by chunk by :mod:`gammace_ref.linear` (no N×C logits);
     works under ``jit`` and ``grad``.
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return _call(_linear_loss, (hidden, weight, bias, targets), opts, (memory_budget, chunk_size))
 
 
@@ -157,11 +142,6 @@ def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mea
 def linear_tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="mean", ignore_index=None,
                  label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
     """TaiLr objective of ``hidden @ weight.T + bias`` with the paper's gradient, chunk by chunk.
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return _call(_linear_loss, (hidden, weight, bias, targets), opts, (memory_budget, chunk_size))

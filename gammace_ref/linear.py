@@ -92,10 +92,6 @@ def gamma_ce_value_and_grad(hidden, weight, targets, gamma, *, bias=None, reduct
     Same value and gradient as :func:`gammace_ref.gamma_ce_value_and_grad` on
     the materialised logits, chained through the linear layer.
 
-    [parameters]
-
-    [returns]
-
     Examples
     --------
     >>> import numpy as np
@@ -110,8 +106,7 @@ def gamma_ce_value_and_grad(hidden, weight, targets, gamma, *, bias=None, reduct
     >>> bool(np.isclose(out.loss, loss, rtol=1e-14)) and np.allclose(out.weight, g.T @ h, rtol=1e-13)
     True
     """
-    opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return run(hidden, weight, bias, targets, opts, memory_budget=memory_budget, chunk_size=chunk_size)
 
 
@@ -120,13 +115,8 @@ def tailr_value_and_grad(hidden, weight, targets, gamma, threshold, *, bias=None
                          ignore_index=None, label_smoothing=0.0, where=None, memory_budget=None,
                          chunk_size=None) -> LinearGrads:
     """TaiLr objective of ``hidden @ weight.T + bias`` and its (the paper's) gradients, chunk by chunk.
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return run(hidden, weight, bias, targets, opts, memory_budget=memory_budget, chunk_size=chunk_size)
 
 
@@ -134,13 +124,8 @@ def tailr_value_and_grad(hidden, weight, targets, gamma, threshold, *, bias=None
 def gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mean", ignore_index=None,
              label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
     """γ-CE loss only (no gradient work), chunk by chunk; see :func:`gamma_ce_value_and_grad`.
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return run(hidden, weight, bias, targets, opts, need_grad=False, memory_budget=memory_budget,
                chunk_size=chunk_size).loss
 
@@ -149,13 +134,8 @@ def gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mean", ign
 def tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="mean", ignore_index=None,
           label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
     """TaiLr loss only, chunk by chunk; see :func:`tailr_value_and_grad`.
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return run(hidden, weight, bias, targets, opts, need_grad=False, memory_budget=memory_budget,
                chunk_size=chunk_size).loss
 

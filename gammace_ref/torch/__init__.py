@@ -151,13 +151,8 @@ def _loss(logits, targets, opts, axis, compiled):
 def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0, where=None,
              compiled=True):
     """γ-CE loss of :func:`gammace_ref.gamma_ce` as a differentiable torch op (the exact gradient).
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return _loss(logits, targets, opts, axis, compiled)
 
 
@@ -165,13 +160,8 @@ def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=
 def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None,
           label_smoothing=0.0, where=None, compiled=True):
     """TaiLr objective of :func:`gammace_ref.tailr` as a differentiable torch op (the paper's gradient).
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return _loss(logits, targets, opts, axis, compiled)
 
 
@@ -184,8 +174,7 @@ class GammaCELoss(torch.nn.Module):
 
     def __init__(self, gamma, *, ignore_index=-100, reduction="mean", label_smoothing=0.0, compiled=True):
         super().__init__()
-        opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                                   label_smoothing=label_smoothing, where=where)
+        opts = _validation.options_of(locals())
         self.gamma, self.ignore_index, self.reduction = opts.gamma, opts.ignore_index, opts.reduction
         self.label_smoothing, self.compiled = opts.label_smoothing, compiled
 
@@ -266,13 +255,8 @@ def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mea
 
     Gradients flow to ``hidden``, ``weight`` and ``bias``; see
     :mod:`gammace_ref.linear` (the core runs eagerly, chunk by chunk).
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return _linear(hidden, weight, bias, targets, opts, memory_budget, chunk_size)
 
 
@@ -280,11 +264,6 @@ def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mea
 def linear_tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="mean", ignore_index=None,
                  label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
     """TaiLr objective of ``F.linear(hidden, weight, bias)`` with the paper's gradient, chunk by chunk.
-
-    [parameters]
-
-    [returns]
     """
-    opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return _linear(hidden, weight, bias, targets, opts, memory_budget, chunk_size)

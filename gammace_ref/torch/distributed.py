@@ -61,14 +61,12 @@ class _VocabParallel(torch.autograd.Function):
 def gamma_ce(logits, targets, gamma, *, offset, n_classes, reduction="mean", ignore_index=None,
              label_smoothing=0.0, where=None, group=None):
     """γ-CE of the full vocabulary from this rank's slice ``logits[..., C_local]`` (class axis last)."""
-    opts = _validation.options(gamma, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return _VocabParallel.apply(logits, targets, opts, offset, n_classes, group)
 
 
 def tailr(logits, targets, gamma, threshold, *, offset, n_classes, reduction="mean", ignore_index=None,
           label_smoothing=0.0, where=None, group=None):
     """TaiLr (weight ``clip(w, b, 1)``, computed once per row) from this rank's slice of the classes."""
-    opts = _validation.options(gamma, threshold, tailr=True, reduction=reduction, ignore_index=ignore_index,
-                               label_smoothing=label_smoothing, where=where)
+    opts = _validation.options_of(locals())
     return _VocabParallel.apply(logits, targets, opts, offset, n_classes, group)
