@@ -26,9 +26,11 @@ one product per component, so each is relatively accurate.  Label smoothing ε
 adds the uniform-target cross-entropy ``ε/C · Σ_j -log p_j`` and its gradient
 ``ε·(softmax - 1/C)``.
 
-:func:`compute` goes in three steps: per-row statistics (``m``, ``R``,
-``z_y``, ``Σ(m - z)``), the γ terms (value and weight per row, then the
-reduction), and the gradient assembly.  How the rows × classes arrays are
+:func:`compute` goes in steps, each a function of its own so that other
+drivers (``gammace_ref.linear``'s blocks) reuse them: per-row
+:func:`statistics` (``m``, ``R``, ``z_y``, ``Σ(m - z)``), the γ :func:`terms`
+(value and gradient factors per row), the :func:`reduce` -tion, and the
+:func:`gradient` assembly.  How the rows × classes arrays are
 touched (a mask, in place, or one slice of the classes) is the execution
 plan's business (:mod:`gammace_ref._execution`); nothing here reads an array
 value back to the host.
@@ -37,6 +39,7 @@ value back to the host.
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 from . import _validation
 from ._options import Options
@@ -94,6 +97,98 @@ def targets(xp, y, opts: Options, n_classes: int, device):
     return valid, xp.where(valid & (y >= 0) & (y < n_classes), y, 0)[..., None]
 
 
+class Rows(NamedTuple):
+    """Per-row statistics, each of shape ``(..., 1)``.
+
+    ``m`` the row maximum (0 where it is not finite: ignored or poisoned
+    rows, ``ok`` False), ``R = Σ_{j≠y} exp(z_j - m)``, ``z_y`` the target
+    logit and ``smooth = Σ_j (m - z_j)`` (``None`` without label smoothing).
+    """
+
+    m: Any
+    R: Any
+    z_y: Any
+    smooth: Any
+    ok: Any
+
+
+class Terms(NamedTuple):
+    """The γ terms of each row (shape ``(..., 1)``): its loss (unreduced) and what the gradient needs.
+
+    The gradient of the row's loss is ``k1·e_j/s + ε·(e_j/s - 1/C)`` off the
+    target and ``on`` on it (``k1 = (1 - ε)·k``, ``k`` the weight).
+    """
+
+    loss: Any
+    k1: Any
+    s: Any
+    on: Any
+
+
+def statistics(xp, z, m, ok, plan, smoothing: bool):
+    """``(Rows, e)`` from logits ``z`` and their row maximum ``m`` (0 where ``ok`` is False).
+
+    ``e = exp(z - m)`` with the target entries 0, kept for the gradient.
+    """
+    e = plan.exp_off_target(z, m)
+    sums = [xp.sum(e, axis=-1, keepdims=True), plan.target_logit(z)]
+    if smoothing:  # Σ_j -log p_j = Σ_j (m - z_j) + C·log s: non-negative terms only
+        sums.append(xp.sum(m - z, axis=-1, keepdims=True))
+    R, z_y, *smooth = plan.row_sums(sums)
+    return Rows(m, R, z_y, smooth[0] if smooth else None, ok), e
+
+
+def terms(xp, rows: Rows, opts: Options, n_classes: int, device) -> Terms:
+    """The γ-CE (or TaiLr) loss of each row and its gradient factors, from the row statistics."""
+    eps_ls = opts.label_smoothing
+    d = xp.where(rows.ok, rows.z_y - rows.m, 0.0)
+    log_s = xp.log1p(rows.R + xp.expm1(d))
+    s = rows.R + xp.exp(d)
+    q = rows.R / s
+    loss, k = gamma_terms(xp, d - log_s, q, opts.gamma, device)
+    if opts.tailr:
+        k = xp.clip(k, opts.threshold, 1.0)
+        loss = k * (log_s - d)
+    if eps_ls:
+        loss = (1.0 - eps_ls) * loss + (eps_ls / n_classes) * (rows.smooth + n_classes * log_s)
+    k1 = (1.0 - eps_ls) * k
+    on = -k1 * q  # k·(p - 1) on the target, from q = 1 - p
+    if eps_ls:
+        on = on + eps_ls * (xp.exp(d) / s - 1.0 / n_classes)
+    return Terms(loss, k1, s, on)
+
+
+def reduce(xp, loss, valid, bad, opts: Options, dtype):
+    """``(value, scale)``: the reduced value of the rows' ``loss`` and each row's weight in it.
+
+    ``scale`` is 0 for ignored rows, 1/count for a mean (a mean over no
+    counted row is 0, with a zero gradient), NaN for a poisoned row.
+    """
+    loss = xp.where(valid, loss[..., 0], 0.0)
+    scale = xp.astype(valid, dtype)
+    if opts.reduction == "mean":
+        scale = scale / xp.clip(xp.sum(scale), 1.0, None)
+    loss = xp.where(bad, xp.nan, loss)
+    scale = xp.where(bad, xp.nan, scale)
+    if opts.reduction != "none":
+        loss = xp.sum(loss * scale) if opts.reduction == "mean" else xp.sum(loss)
+    return loss, scale
+
+
+def gradient(xp, e, t: Terms, scale, opts: Options, n_classes: int, plan):
+    """The gradient ``scale·(k·(softmax - onehot) [+ ε·(softmax - 1/C)])`` from ``e`` (consumed).
+
+    ``e`` is updated in place where the plan can, so at most two N×C float
+    arrays live at once.  ``e`` may be one slice (block) of the classes, with
+    ``plan`` locating the targets in it.
+    """
+    eps_ls = opts.label_smoothing
+    scale = scale[..., None]
+    coef = (t.k1 + eps_ls) / t.s * scale  # k·e_j/s off the target
+    grad = plan.scaled(e, coef, (eps_ls / n_classes) * scale if eps_ls else None)
+    return plan.with_targets(grad, t.on * scale)
+
+
 def compute(xp, z, y, opts: Options, *, need_grad: bool, plan):
     """Loss (reduced as ``opts.reduction`` says) and gradient of validated inputs.
 
@@ -106,60 +201,20 @@ def compute(xp, z, y, opts: Options, *, need_grad: bool, plan):
     mask of the rows made NaN, for a caller that can read it later
     (:func:`explain`).
     """
-    eps_ls = opts.label_smoothing
     n_classes = plan.n_classes(z.shape[-1])
     valid, y_safe = targets(xp, y, opts, n_classes, plan.device)
     plan.locate(y_safe, z.shape[-1])
-
-    # Per-row statistics.
     m = plan.row_max(xp.max(z, axis=-1, keepdims=True))
     bad = _validation.bad_rows(xp, y, valid, m[..., 0], n_classes, opts)
     if plan.readable and _validation.read_any(xp, bad):
         _validation.raise_bad_rows(xp, y, valid, m[..., 0], n_classes)
-    row_ok = xp.isfinite(m)  # False only for ignored (or poisoned) rows
-    m = xp.where(row_ok, m, 0.0)
-    e = plan.exp_off_target(z, m)
-    sums = [xp.sum(e, axis=-1, keepdims=True), plan.target_logit(z)]
-    if eps_ls:  # Σ_j -log p_j = Σ_j (m - z_j) + C·log s: non-negative terms only
-        sums.append(xp.sum(m - z, axis=-1, keepdims=True))
-    R, z_y, *smooth = plan.row_sums(sums)
-    d = xp.where(row_ok, z_y - m, 0.0)
-    log_s = xp.log1p(R + xp.expm1(d))
-    s = R + xp.exp(d)
-    q = R / s
-
-    # The γ terms: value and weight per row, then the reduction.
-    loss, k = gamma_terms(xp, d - log_s, q, opts.gamma, plan.device)
-    if opts.tailr:
-        k = xp.clip(k, opts.threshold, 1.0)
-        loss = k * (log_s - d)
-    if eps_ls:
-        loss = (1.0 - eps_ls) * loss + (eps_ls / n_classes) * (smooth[0] + n_classes * log_s)
-    # Per-row weight of the reduced value: 0 for ignored rows, 1/count for a
-    # mean (a mean over no counted row is 0, with a zero gradient), NaN for a
-    # poisoned row.
-    loss = xp.where(valid, loss[..., 0], 0.0)
-    scale = xp.astype(valid, z.dtype)
-    if opts.reduction == "mean":
-        scale = scale / xp.clip(xp.sum(scale), 1.0, None)
-    loss = xp.where(bad, xp.nan, loss)
-    scale = xp.where(bad, xp.nan, scale)
-    if opts.reduction != "none":
-        loss = xp.sum(loss * scale) if opts.reduction == "mean" else xp.sum(loss)
+    ok = xp.isfinite(m)  # False only for ignored (or poisoned) rows
+    rows, e = statistics(xp, z, xp.where(ok, m, 0.0), ok, plan, bool(opts.label_smoothing))
+    t = terms(xp, rows, opts, n_classes, plan.device)
+    loss, scale = reduce(xp, t.loss, valid, bad, opts, z.dtype)
     if not need_grad:
         return loss, None, bad
-
-    # The gradient: k·(softmax - onehot) [+ ε·(softmax - 1/C)], scaled per row.
-    # `e` is consumed (in place where the plan can), so at most two N×C float
-    # arrays live at once.
-    scale = scale[..., None]
-    k1 = (1.0 - eps_ls) * k
-    on = -k1 * q  # k·(p - 1) on the target, from q = 1 - p
-    if eps_ls:
-        on = on + eps_ls * (xp.exp(d) / s - 1.0 / n_classes)
-    coef = (k1 + eps_ls) / s * scale  # k·e_j/s off the target
-    grad = plan.scaled(e, coef, (eps_ls / n_classes) * scale if eps_ls else None)
-    return loss, plan.with_targets(grad, on * scale), bad
+    return loss, gradient(xp, e, t, scale, opts, n_classes, plan), bad
 
 
 def explain(xp, z, y, opts: Options, plan) -> None:
