@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .. import _api, _core, _execution, _validation
-from . import _xp
+from ._kernel import xp as _xp
 
 __all__ = ["gamma_ce", "tailr"]
 
