@@ -327,7 +327,9 @@ def compute(xp, z, y, opts: Options, *, need_grad: bool, plan):
     ok = xp.isfinite(m)  # False only for ignored (or poisoned) rows
     # Such a row may hold anything (NaN, +inf): all its entries are excluded like
     # a target entry, so its gradient is 0 (poisoned rows: NaN, from their scale).
-    plan.locate(y_safe, z.shape[-1], skip=~ok)
+    # An eager call that has none skips nothing (one read instead of an N×C pass).
+    skip = ~ok if not plan.readable or _validation.read_any(xp, ~ok) is not False else None
+    plan.locate(y_safe, z.shape[-1], skip=skip)
     rows, e = statistics(xp, z, xp.where(ok, m, xp.nan), ok, plan, smoothing_on(opts))
     t = terms(xp, rows, opts, n_classes, plan.device)
     loss, scale = reduce(xp, t.loss, valid, bad, opts, z.dtype)

@@ -174,10 +174,12 @@ def run(logits, targets, opts, axis, compiled, need_grad):
     # Traced by a compiler, or batched by torch.func.vmap: no value can be read.
     tracing = is_traced(logits, targets)
     if not compiled or tracing or _compile_error:
-        return _api.value_and_grad(logits, targets, opts, axis=axis, need_grad=need_grad, xp=xp, traced=tracing)
+        # Eagerly the gradient is the core's, not autograd's: detached, the core may work in place.
+        return _api.value_and_grad(logits if tracing else logits.detach(), targets, opts, axis=axis,
+                                   need_grad=need_grad, xp=xp, traced=tracing)
     a = _validation.check_logits(logits, targets, opts, axis=axis, xp=xp)
     if a.z.numel() == 0:  # nothing to compute: no graph for an empty batch (dynamo would guard on its strides)
-        return _api.value_and_grad(logits, targets, opts, axis=axis, need_grad=need_grad, xp=xp)
+        return _api.value_and_grad(logits.detach(), targets, opts, axis=axis, need_grad=need_grad, xp=xp)
     static, operands = _operands(a.options, a.z.device)
     try:
         with torch.no_grad():  # one graph whatever the grad mode and requires_grad
@@ -189,7 +191,7 @@ def run(logits, targets, opts, axis, compiled, need_grad):
         _compile_error.append(exc)
         warnings.warn(f"gammace_ref.torch: torch.compile unavailable ({type(exc).__name__}: {exc}); "
                       "running the core eagerly from now on", RuntimeWarning, stacklevel=4)
-        return _api.value_and_grad(logits, targets, opts, axis=axis, need_grad=need_grad, xp=xp)
+        return _api.value_and_grad(logits.detach(), targets, opts, axis=axis, need_grad=need_grad, xp=xp)
     if bool(bad.any()):  # read outside the compiled graph: name the invalid row
         _core.explain(xp, a.z, a.y, opts, _execution.Masked(xp, a.z.device))
     return loss, _api.restore_layout(a, grad)
