@@ -10,7 +10,7 @@ per dtype, number of dimensions and set of options that shape the graph
 (``reduction``, TaiLr or not, whether ``ignore_index``, ``label_smoothing``
 or ``where`` is given, gradient or value only), each announced at INFO on
 the ``gammace_ref`` logger; γ, b, ε and the ignore index are traced, and
-every batch size and number of classes ≥ 2 reuse the graph.  ``warmup``
+every batch shape and number of classes reuse the graph.  ``warmup``
 compiles ahead.  If compiling fails once (no C++ compiler, ...) it warns and
 runs eagerly from then on.  ``compiled=False``
 runs it eagerly.  Inside a region the caller compiles
