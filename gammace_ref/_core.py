@@ -244,7 +244,7 @@ def statistics(xp, z, m, ok, plan, smoothing: bool):
     e = plan.exp_off_target(z, m)
     sums = [xp.sum(e, axis=-1, keepdims=True), plan.target_logit(z)]
     if smoothing:  # Σ_j -log p_j = Σ_j (m - z_j) + C·log s: non-negative terms only
-        sums.append(xp.sum(m * SMOOTH_SCALE - z * SMOOTH_SCALE, axis=-1, keepdims=True))
+        sums.append(plan.gap_sum(z, m, SMOOTH_SCALE))
     R, z_y, *smooth = plan.row_sums(sums)
     return Rows(m, R, z_y, smooth[0] if smooth else None, ok), e
 

@@ -83,6 +83,10 @@ class Masked:
         xp = self.xp
         return xp.exp(xp.where(self.onehot, -xp.inf, z - m))
 
+    def gap_sum(self, z, m, a):
+        """``Σ_j (a·m - a·z_j)`` per row (``(..., 1)``), ``a`` a power of two (label smoothing's sum)."""
+        return self.xp.sum(m * a - z * a, axis=-1, keepdims=True)
+
     def target_logit(self, z):
         xp = self.xp
         if hasattr(xp, "take_along_axis"):
@@ -119,6 +123,14 @@ class InPlace(Masked):
         if self.onehot is None and not hasattr(self.xp, "take_along_axis"):
             Masked.locate(self, self.cols, self.n_local, self.skip)  # the one-term sum needs the mask
         return Masked.target_logit(self, z)
+
+    def gap_sum(self, z, m, a):
+        t = z * -a  # one N×C temporary, then in place: the mask's form costs two
+        try:
+            t += m * a
+        except (TypeError, ValueError):
+            return Masked.gap_sum(self, z, m, a)
+        return self.xp.sum(t, axis=-1, keepdims=True)
 
     def scaled(self, e, coef, shift=None):
         if self.onehot is not None:
