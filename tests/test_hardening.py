@@ -253,6 +253,19 @@ def test_label_smoothing_takes_a_0_d_array_like_gamma(value):
         G.gamma_ce(z, y, 0.2, label_smoothing=np.array(1.0))
 
 
+def test_a_traced_label_smoothing_under_jax_jit():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    z, y = np.array([[0.3, -np.inf, 2.0], [1.0, 0.5, -1.0]]), np.array([0, 2])
+    run = jax.jit(lambda z, y, e: G.gamma_ce_value_and_grad(z, y, 0.2, reduction="none", label_smoothing=e))
+    for eps in (0.1, 0.0, 1e-300):
+        loss, grad = run(z, y, np.float64(eps))
+        ref_l, ref_g = reference.batch(z.tolist(), y.tolist(), 0.2, None, eps)
+        assert regimes.rel_err(np.asarray(loss), ref_l, "float64") <= TOL["float64"]  # ε = 0: no term, not 0·inf
+        assert regimes.rel_err(np.asarray(grad), ref_g, "float64") <= TOL["float64"]
+    assert np.all(np.isnan(run(z, y, np.float64(1.5))[0]))  # out of range and unreadable: NaN, not a number
+
+
 def test_integer_0_d_arrays_are_numbers_in_range():
     z, y = np.array([[0.3, -1.0, 2.0]]), np.array([1])
     assert G.gamma_ce(z, y, np.array(1)) == G.gamma_ce(z, y, 1.0)
