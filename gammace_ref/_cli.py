@@ -41,18 +41,7 @@ def _accuracy(args) -> int:
                 print(f"[{time.perf_counter() - start:6.1f}s] {b!r:17} {dtype} {regime:15} {loss}",
                       file=sys.stderr, flush=True)
 
-            fns = None
-            if b.lazy:  # one compile per shape, with γ traced
-                import jax
-
-                from . import gamma_ce_value_and_grad, tailr_value_and_grad
-
-                fns = {"gamma_ce": (jax.jit(lambda z, y, g: gamma_ce_value_and_grad(z, y, g, reduction="none")),
-                                    None),
-                       "tailr": (jax.jit(lambda z, y, g: tailr_value_and_grad(
-                           z, y, g, regimes.TAILR_THRESHOLD, reduction="none")), regimes.TAILR_THRESHOLD)}
-            res = regimes.measure(b.asarray, b.numpy, dtype, large_c=args.vocab, loss_fns=fns,
-                                  progress=None if args.quiet else progress)
+            res = regimes.measure(b, dtype, large_c=args.vocab, progress=None if args.quiet else progress)
             for (regime, loss), (ev, eg) in res.items():
                 ok = max(ev, eg) <= regimes.TOLERANCE[dtype]
                 failed |= not ok

@@ -160,33 +160,30 @@ def _evaluator(backend: str, candidate, grad, tailr: bool):
 
     if grad is not None:
         def run(z, y, g, t):
-            zz, yy = b.asarray(z), b.asarray(y)
-            return b.numpy(b.call(lambda a, c: candidate(a, c, *args(g, t)), zz, yy)), \
-                b.numpy(b.call(lambda a, c: grad(a, c, *args(g, t)), zz, yy))
+            return b.run(candidate, z, y, *args(g, t)), b.run(grad, z, y, *args(g, t))
         return run, True
-    if b.kind.value.startswith("torch"):
+    if b.family == "torch":
         def run(z, y, g, t):
             zz = b.asarray(z).requires_grad_(True)
             loss = candidate(zz, b.asarray(y), *args(g, t))
             loss.sum().backward()
             return b.numpy(loss), b.numpy(zz.grad)
         return run, True
-    if b.kind.value.startswith("jax"):
+    if b.family == "jax":
         import jax
 
         def both(a, c, g, t):
             out, vjp = jax.vjp(lambda x: candidate(x, c, *args(g, t)), a)
             return out, vjp(jax.numpy.ones_like(out))[0]
 
-        fn = jax.jit(both) if b.lazy else both
+        fn = b.compile(both)
 
         def run(z, y, g, t):
-            out, gr = fn(b.asarray(z), b.asarray(y), g, t)
-            return b.numpy(out), b.numpy(gr)
+            return b.numpy(fn(b.asarray(z), b.asarray(y), g, t))
         return run, True
 
     def run(z, y, g, t):
-        return b.numpy(b.call(lambda a, c: candidate(a, c, *args(g, t)), b.asarray(z), b.asarray(y))), None
+        return b.run(candidate, z, y, *args(g, t)), None
     return run, False
 
 

@@ -112,37 +112,49 @@ def _reference(name, dtype, large_c, gamma, threshold):
     return to_float64(loss), to_float64(grad)
 
 
-def measure(to_backend, from_backend, dtype="float64", gammas=GAMMAS, large_c=100_000, loss_fns=None,
-            only=None, progress=None):
+def _gamma_ce(z, y, gamma):
+    from .. import gamma_ce_value_and_grad
+
+    return gamma_ce_value_and_grad(z, y, gamma, reduction="none")
+
+
+def _tailr(z, y, gamma):
+    from .. import tailr_value_and_grad
+
+    return tailr_value_and_grad(z, y, gamma, TAILR_THRESHOLD, reduction="none")
+
+
+LOSSES = {"gamma_ce": (_gamma_ce, None), "tailr": (_tailr, TAILR_THRESHOLD)}  # name -> (fn(z, y, γ), threshold)
+
+
+def measure(backend, dtype="float64", gammas=GAMMAS, large_c=100_000, only=None, progress=None):
     """Worst relative error per regime, for ``gamma_ce`` and ``tailr`` (b = 0.2).
 
-    ``to_backend(np_array)`` makes an array of the backend under test,
-    ``from_backend(arr)`` a NumPy array from it; ``loss_fns`` replaces the
-    functions run (name -> (fn(z, y, gamma) -> (loss, grad), threshold)),
-    ``only`` restricts the regimes by name.  Returns
-    ``{(regime, loss): (worst_value_err, worst_grad_err)}``.
+    ``backend`` is a :class:`~gammace_ref.testing.backends.BackendUnderTest`
+    or a :class:`~gammace_ref.testing.backends.Backend` value (``"torch"``,
+    ``"jax.jit"``, ...); the losses run as it runs them (its ``compile``:
+    under ``jax.jit`` γ is traced, one compilation per shape).  ``only``
+    restricts the regimes by name; ``progress(regime, loss)`` is called after
+    each.  Returns ``{(regime, loss): (worst_value_err, worst_grad_err)}``.
     """
-    from .. import gamma_ce_value_and_grad, tailr_value_and_grad
+    from .backends import Backend, BackendUnderTest
 
-    fns = loss_fns or {
-        "gamma_ce": (lambda z, y, g: gamma_ce_value_and_grad(z, y, g, reduction="none"), None),
-        "tailr": (lambda z, y, g: tailr_value_and_grad(z, y, g, TAILR_THRESHOLD, reduction="none"),
-                  TAILR_THRESHOLD),
-    }
+    b = backend if isinstance(backend, BackendUnderTest) else BackendUnderTest(Backend(backend))
+    fns = {name: (b.compile(fn), threshold) for name, (fn, threshold) in LOSSES.items()}
     out = {}
     for regime in regimes(dtype, large_c):
         if only is not None and regime.name not in only:
             continue
         arr, rows = as_dtype_rows(regime, dtype)
-        z = to_backend(arr)
-        y = to_backend(np.asarray(regime.targets, dtype=np.int64))
-        for name, (fn, b) in fns.items():
+        z = b.asarray(arr)
+        y = b.asarray(np.asarray(regime.targets, dtype=np.int64))
+        for name, (fn, threshold) in fns.items():
             worst_v = worst_g = 0.0
             for g in gammas:
-                loss, grad = fn(z, y, g)
-                ref_l, ref_g = _reference(regime.name, dtype, large_c, g, b)
-                worst_v = max(worst_v, rel_err(from_backend(loss), ref_l, dtype))
-                worst_g = max(worst_g, rel_err(from_backend(grad), ref_g, dtype))
+                loss, grad = b.numpy(fn(z, y, g))
+                ref_l, ref_g = _reference(regime.name, dtype, large_c, g, threshold)
+                worst_v = max(worst_v, rel_err(loss, ref_l, dtype))
+                worst_g = max(worst_g, rel_err(grad, ref_g, dtype))
             out[(regime.name, name)] = (worst_v, worst_g)
             if progress:
                 progress(regime.name, name)
