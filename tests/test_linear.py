@@ -15,7 +15,7 @@ import pytest
 
 import gammace_ref as G
 from gammace_ref import _validation, linear
-from gammace_ref.testing import reference, regimes
+from gammace_ref.testing import metrics, reference
 
 RNG = np.random.default_rng(11)
 N, C, H = 7, 11, 5
@@ -109,9 +109,9 @@ def test_hard_regimes_against_mpmath(backend):
         out = backend.run(fn, rows, w, y, gamma, *extra, chunk_size=3, **kw)
         ref_l, ref_g = reference.batch([list(r) for r in rows], list(y), gamma, threshold,
                                        label_smoothing=kw["label_smoothing"], reduction="sum")
-        assert regimes.rel_err(out[0], ref_l, "float64") <= 1e-12
-        assert regimes.rel_err(out[1], ref_g, "float64") <= 1e-12  # d hidden = G @ I = G
-        g = regimes.to_float64(ref_g)
+        assert metrics.rel_err(out[0], ref_l, "float64") <= 1e-12
+        assert metrics.rel_err(out[1], ref_g, "float64") <= 1e-12  # d hidden = G @ I = G
+        g = metrics.to_float64(ref_g)
         err = np.abs(out[2] - g.T @ rows)
         assert np.all(err <= 1e-12 * (np.abs(g).T @ np.abs(rows)) + 1e-300)
 

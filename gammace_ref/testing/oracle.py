@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import regimes
+from . import metrics, regimes
 
 __all__ = ["Entry", "Report", "assert_matches_reference", "check_implementation"]
 
@@ -106,18 +106,6 @@ def _short(worst: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in out.items())
 
 
-def ulps(got, ref, dtype: str) -> np.ndarray:
-    """``|got - ref|`` in units of the last place of ``ref`` in ``dtype`` (floored at the smallest normal)."""
-    g = np.asarray(got, dtype=np.float64)
-    r = np.asarray(ref, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        unit = np.maximum(np.spacing(np.abs(r).astype(dtype)), np.spacing(np.finfo(dtype).tiny)).astype(np.float64)
-        err = np.abs(g - r) / unit
-    tiny = np.finfo(dtype).tiny
-    same = (g == r) | (np.isnan(g) & np.isnan(r)) | ((np.abs(g) < tiny) & (np.abs(r) < tiny))
-    return np.where(same, 0.0, np.where(np.isnan(err), np.inf, err))
-
-
 def _cases(dtype: str, large_c: int, seed: int):
     """(name, logits array of dtype, exact float rows, targets, key) for the regimes and random cases."""
     for regime in regimes.regimes(dtype, large_c):
@@ -141,13 +129,13 @@ def _random_reference(key, dtype, gamma, threshold):
     for _, _, rows, y, k in _random_cases(dtype, key[-1]):
         if k == key:
             loss, grad = reference.batch(rows, y, gamma, threshold=threshold)
-            return regimes.to_float64(loss), regimes.to_float64(grad)
+            return metrics.to_float64(loss), metrics.to_float64(grad)
     raise KeyError(key)
 
 
 def _reference(key, dtype, large_c, gamma, threshold):
     if key[0] == "regime":
-        return regimes._reference(key[1], dtype, large_c, gamma, threshold)
+        return regimes.expected(key[1], dtype, gamma, threshold, large_c)
     return _random_reference(key, dtype, gamma, threshold)
 
 
@@ -236,7 +224,7 @@ def _update(worst, slot, got, ref, dtype, rows, y, gamma):
         raise ValueError(f"the candidate's {'gradient' if slot else 'loss'} has shape {got.shape}, expected "
                          f"{ref.shape}{'' if slot else ' (per-example losses)'}")
     g2, r2 = got.reshape(n, -1), ref.reshape(n, -1)
-    rel = [regimes.rel_err(g2[i], r2[i], dtype) for i in range(n)]
+    rel = [metrics.rel_err(g2[i], r2[i], dtype) for i in range(n)]
     i = int(np.argmax(rel))
     if rel[i] > worst[slot]:
         tiny = float(np.finfo(dtype).tiny)
@@ -246,7 +234,7 @@ def _update(worst, slot, got, ref, dtype, rows, y, gamma):
         worst[4] = {"quantity": "gradient" if slot else "value", "gamma": gamma, "row": i, "target": int(y[i]),
                     **({"class": j} if slot else {}), "got": float(g2[i, j]), "expected": float(r2[i, j]),
                     "logits": rows[i]}
-    worst[slot + 2] = max(worst[slot + 2], float(ulps(g2, r2, dtype).max(initial=0.0)))
+    worst[slot + 2] = max(worst[slot + 2], float(metrics.ulps(g2, r2, dtype).max(initial=0.0)))
 
 
 def assert_matches_reference(candidate, **kwargs) -> Report:
