@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import metrics, regimes
+from . import metrics, regimes, table
 
 __all__ = ["Entry", "Report", "assert_matches_reference", "check_implementation"]
 
@@ -77,15 +77,13 @@ class Report:
         return [e for e in self.entries if not e.passed]
 
     def __str__(self) -> str:
+        rows = [[e.case, e.dtype, f"{e.value_rel:.2e}", "-" if e.grad_rel is None else f"{e.grad_rel:.2e}",
+                 f"{e.value_ulps:.3g}", "-" if e.grad_ulps is None else f"{e.grad_ulps:.3g}", f"{e.tolerance:.0e}",
+                 "ok" if e.passed else "FAIL"] for e in self.entries]
         lines = [f"{self.loss} on {self.backend}: {'PASSED' if self.passed else 'FAILED'}"
                  + ("" if self.grad_checked else " (values only: no gradient available)"),
-                 f"{'case':16} {'dtype':8} {'value rel':>10} {'grad rel':>10} {'value ulps':>11} "
-                 f"{'grad ulps':>11} {'tol':>8}  status"]
-        for e in self.entries:
-            g = "-" if e.grad_rel is None else f"{e.grad_rel:10.2e}"
-            gu = "-" if e.grad_ulps is None else f"{e.grad_ulps:11.3g}"
-            lines.append(f"{e.case:16} {e.dtype:8} {e.value_rel:10.2e} {g:>10} {e.value_ulps:11.3g} {gu:>11} "
-                         f"{e.tolerance:8.0e}  {'ok' if e.passed else 'FAIL'}")
+                 table.render(["case", "dtype", "value rel", "grad rel", "value ulps", "grad ulps", "tol", "status"],
+                              rows, align="<<>>>>><")]
         for dt, why in self.not_accepted.items():
             lines.append(f"{dt}: not accepted by the candidate ({why})")
         for e in self.failures:
