@@ -92,9 +92,9 @@ def _vectors(args) -> int:
 
 
 def _conformance(args) -> int:
-    from .testing import suite
+    from .testing import conformance_runner
 
-    return suite.run(args.backends, args.dtypes, args.suite, args.json, args.pytest_args or ())
+    return conformance_runner.run(args.backends, args.dtypes, args.suite, args.json, args.pytest_args or ())
 
 
 def _check(args) -> int:

@@ -1,4 +1,4 @@
-"""Run the conformance suite (``conformance/``, pytest) and summarise it: backend × check.
+"""The runner of ``gammace-ref conformance``: the conformance suite (``conformance/``) under pytest, summarised.
 
 ``gammace-ref conformance`` calls :func:`run`: pytest runs the suite (its
 progress line is the progress), a small plugin records every test's outcome,
