@@ -178,7 +178,7 @@ def test_budget_resolution():
 
 
 def _rss_peak_extra(fn):
-    """Peak resident bytes of ``fn()`` above those before it (Linux; as benchmarks/speed.py)."""
+    """Peak resident bytes of ``fn()`` above those before it (Linux; as benchmarks/_common.py)."""
     def status(key):
         with open("/proc/self/status") as f:
             for line in f:
