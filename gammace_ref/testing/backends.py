@@ -6,7 +6,7 @@ Used by the test suites (one ``backend`` fixture), the oracle and
 says why not); a :class:`BackendUnderTest` makes its arrays from NumPy ones
 and back, and runs a function as the backend runs it (``compile``, ``call``,
 ``run``): under ``jax.jit`` for ``JAX_JIT``, with Dask's synchronous
-scheduler for ``DASK``, as is elsewhere.  As in array-api-extra's
+scheduler for ``DASK``, as it is elsewhere.  As in array-api-extra's
 ``lazy_xp_function``, ``call`` and ``run`` trace only the array arguments
 and close over the rest (static under ``jax.jit``); ``compile`` traces every
 argument (a γ passed to it is traced, one compilation per shape).
