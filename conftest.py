@@ -3,8 +3,11 @@
 The ``backend`` fixture runs a test once per backend of
 :mod:`gammace_ref.testing.backends`; a backend whose library is absent here
 (or CuPy / torch.cuda without a GPU), or not selected by ``GAMMACE_BACKENDS``,
-is skipped with that reason.  ``dtype`` is float32 and float64 (or
-``GAMMACE_DTYPES``).
+is skipped with that reason; a test reaches it through
+``backend.run(fn, *numpy_arrays, **kwargs)`` (NumPy in and out),
+``backend.call`` or ``backend.compile`` (see
+:class:`~gammace_ref.testing.backends.BackendUnderTest`).  ``dtype`` is
+float32 and float64 (or ``GAMMACE_DTYPES``).
 """
 
 import importlib.util

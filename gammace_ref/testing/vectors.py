@@ -98,7 +98,7 @@ its loss and of every gradient component is within the group's tolerance
 float32), measured as ``|got - expected| / max(|expected|, tiny)`` with
 ``tiny`` the format's smallest normal number; equal infinities, and a result
 and expected value both below ``tiny`` (subnormals flushed to zero), count as
-exact, NaN as infinitely wrong (:func:`gammace_ref.testing.regimes.rel_err`
+exact, NaN as infinitely wrong (:func:`gammace_ref.testing.metrics.rel_err`
 is the definition).
 
 What is covered

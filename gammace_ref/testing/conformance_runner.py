@@ -1,4 +1,4 @@
-"""Run the conformance suite (``conformance/``, pytest) and summarise it: backend × check.
+"""The runner of ``gammace-ref conformance``: the conformance suite (``conformance/``) under pytest, summarised.
 
 ``gammace-ref conformance`` calls :func:`run`: pytest runs the suite (its
 progress line is the progress), a small plugin records every test's outcome,
@@ -17,6 +17,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from . import table
 from .backends import Backend, skip_reason
 
 ANY = "(any)"  # checks that take no backend: generator, oracle on NumPy, ...
@@ -69,8 +70,7 @@ def run(backends=None, dtypes=None, suite=None, json_path=None, pytest_args=()) 
     code = pytest.main([str(suite), "-q", "-p", "no:cacheprovider", "--no-header", "-rN", *pytest_args],
                        plugins=[collector])
     status = {k.value: skip_reason(k) for k in Backend}
-    table = _table(collector, status)
-    print(table)
+    print(_table(collector, status))
     if json_path:
         report = {"passed": code == 0, "exit_code": int(code), "backends": {
             k: {"run": reason is None, "reason": reason} for k, reason in status.items()},
@@ -82,10 +82,8 @@ def run(backends=None, dtypes=None, suite=None, json_path=None, pytest_args=()) 
 
 def _table(collector, status) -> str:
     checks = sorted({c for _, c in collector.cells})
-    rows = [k.value for k in Backend if status[k.value] is None] + [ANY]
-    width = max(12, *(len(c) + 2 for c in checks))
-    out = ["", f"{'backend':18}" + "".join(f"{c:>{width}}" for c in checks)]
-    for b in rows:
+    rows = []
+    for b in [k.value for k in Backend if status[k.value] is None] + [ANY]:
         cells = []
         for c in checks:
             cell = collector.cells.get((b, c))
@@ -95,9 +93,9 @@ def _table(collector, status) -> str:
             worst = "" if cell["worst_rel_err"] is None else f"{cell['worst_rel_err']:.1e} "
             n = cell["passed"] + cell["failed"]
             cells.append(f"{worst}{'ok' if not cell['failed'] else 'FAIL'} {cell['passed']}/{n}")
-        out.append(f"{b:18}" + "".join(f"{x:>{width}}" for x in cells))
-    out.append("cells: worst relative error reported by the check (where it reports one), status, "
-               "tests passed / run")
+        rows.append([b, *cells])
+    out = ["", table.render(["backend", *checks], rows),
+           "cells: worst relative error reported by the check (where it reports one), status, tests passed / run"]
     for k, reason in status.items():
         if reason:
             out.append(f"not run: {k}: {reason}")
