@@ -12,7 +12,7 @@ NODE = shutil.which("node")
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed: the JavaScript worked example needs it")
 def test_javascript_example_passes_the_golden_vectors_and_the_naive_one_fails():
-    script, vectors = ROOT / "docs/examples/check_vectors.mjs", ROOT / "conformance/vectors"
+    script, vectors = ROOT / "docs/examples/check_vectors.mjs", ROOT / "gammace_ref/conformance/vectors"
     careful = subprocess.run([NODE, script, vectors], capture_output=True, text=True, timeout=120)
     assert careful.returncode == 0, careful.stdout + careful.stderr
     assert careful.stdout.count(" ok\n") == len(list(vectors.glob("*.json")))
