@@ -271,11 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     dem = sub.add_parser("demo", help="over-confidence demo: CE vs γ-CE vs TaiLr on digits with noisy labels "
                                       "(needs the demo extra)")
     dem.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.2, 0.4],
-                     help="symmetric label-noise rates of the training labels")
-    dem.add_argument("--seeds", type=int, default=3, help="number of seeds")
-    dem.add_argument("--seed", type=int, default=0, help="first seed")
-    dem.add_argument("--epochs", type=int, default=60, help="training epochs")
-    dem.add_argument("--out", default="demo-out", help="directory for the table and figures")
+                     help="symmetric label-noise rates of the training labels (default: %(default)s)")
+    dem.add_argument("--seeds", type=int, default=3, help="number of seeds (default: %(default)s)")
+    dem.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
+    dem.add_argument("--epochs", type=int, default=60, help="training epochs (default: %(default)s)")
+    dem.add_argument("--out", default="demo-out", help="directory for the table and figures (default: %(default)s)")
     dem.add_argument("--quiet", action="store_true", help="no progress lines")
     for name, command in sub.choices.items():  # every command: a description, its defaults, its exit status
         command.description = command.description or DESCRIPTION.get(name)

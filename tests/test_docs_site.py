@@ -44,13 +44,17 @@ window.addEventListener("load", () => {
   const column = document.querySelector(".md-content__inner") || document.body;
   const limit = column.getBoundingClientRect().right;
   const wide = [];
-  const boxes = ".md-typeset table, .md-typeset .math-block, .md-typeset math, .md-typeset__scrollwrap";
-  for (const el of document.querySelectorAll(boxes)) {
-    const r = el.getBoundingClientRect();  // past the column, or cut and scrolled inside its own box
-    if (r.width > 0 && (r.right > limit + 1 || el.scrollWidth > el.clientWidth + 1)) {
-      wide.push({tag: el.tagName.toLowerCase(), right: Math.round(r.left + el.scrollWidth), limit: Math.round(limit),
-                 text: el.textContent.replace(/\\s+/g, " ").trim().slice(0, 80)});
-    }
+  const note = (el, right) => wide.push({tag: el.tagName.toLowerCase(), right: Math.round(right),
+    limit: Math.round(limit), text: el.textContent.replace(/\\s+/g, " ").trim().slice(0, 80)});
+  for (const el of document.querySelectorAll(".md-typeset table, .md-typeset math")) {
+    const r = el.getBoundingClientRect();  // past the text column
+    if (r.width > 0 && r.right > limit + 1) note(el, r.right);
+  }
+  // The boxes that scroll sideways (the theme's table wrapper reaches past the column on purpose):
+  // their content must fit them, not be cut and scrolled.
+  for (const el of document.querySelectorAll(".md-typeset .math-block, .md-typeset .md-typeset__scrollwrap")) {
+    const r = el.getBoundingClientRect();
+    if (r.width > 0 && el.scrollWidth > el.clientWidth + 1) note(el, r.left + el.scrollWidth);
   }
   const external = [...document.querySelectorAll("script[src], link[href], img[src]")]
     .map(e => e.getAttribute("src") || e.getAttribute("href"))
