@@ -91,7 +91,9 @@ def _missing_extra(command: str, exc: ModuleNotFoundError) -> str | None:
              *BACKEND_EXTRAS}
     if root not in known:
         return None
-    extra = root if root in BACKEND_EXTRAS else EXTRA[command]
+    extra = root if root in BACKEND_EXTRAS else EXTRA.get(command)
+    if extra is None:  # a command without an entry in EXTRA: the error as it is
+        return None
     return (f"gammace-ref {command} needs {root}, which is not installed: install the {extra} extra, "
             f"python -m pip install \"gammace_ref[{extra}]\"")
 
