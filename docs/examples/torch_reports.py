@@ -3,21 +3,26 @@
     python docs/examples/torch_reports.py
 
 Runs ``check_implementation`` on the naive and the careful torch
-implementations of ``conformance/test_oracle_torch.py`` and writes the
-reports next to this file.
+implementations of ``gammace_ref/conformance/test_oracle_torch.py`` and writes
+the reports next to this file (tests/test_generated_docs.py checks that the
+committed ones are current).
 """
 
 import pathlib
-import sys
 
-here = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(here.parent.parent / "conformance"))
+from gammace_ref.conformance.test_oracle_torch import CarefulGammaCE, naive_gamma_ce
+from gammace_ref.testing import check_implementation
 
-from test_oracle_torch import CarefulGammaCE, naive_gamma_ce  # noqa: E402
+HERE = pathlib.Path(__file__).resolve().parent
 
-from gammace_ref.testing import check_implementation  # noqa: E402
 
-for name, fn in (("naive", naive_gamma_ce), ("careful", CarefulGammaCE.apply)):
-    report = check_implementation(fn, loss="gamma_ce", backend="torch")
-    (here / f"{name}-torch-report.txt").write_text(str(report) + "\n", encoding="utf-8")
-    print(report, end="\n\n")
+def reports() -> dict:
+    """``{file name: report text}`` of the two implementations."""
+    return {f"{name}-torch-report.txt": str(check_implementation(fn, loss="gamma_ce", backend="torch")) + "\n"
+            for name, fn in (("naive", naive_gamma_ce), ("careful", CarefulGammaCE.apply))}
+
+
+if __name__ == "__main__":
+    for name, text in reports().items():
+        (HERE / name).write_text(text, encoding="utf-8")
+        print(text)
