@@ -182,6 +182,7 @@ def _find(dtype, large_c, seed, ignore_index, name) -> Case:
 class Expected:
     value: np.ndarray  # (N,) or ()
     grads: dict  # name -> (reference float64 array, magnitude float64 array or None)
+    value_scale: np.ndarray | None = None  # what the value's error is relative to (None: |value|)
 
 
 def needs_magnitude(s: Settings):
@@ -234,7 +235,10 @@ def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cas
     ``"row"``; ``describe(case, quantity, where)`` the worst-input dict;
     ``shapes_of(case)`` maps each gradient name to its shape.
     """
-    for dtype in dtypes:
+    for n, dtype in enumerate(dtypes):
+        if runner.timed_out:
+            report.notes.append(f"not run after the timeout: {', '.join(dtypes[n:])}")
+            return
         why = runner.cannot_carry(dtype)
         if why:
             report.unsupported[dtype] = why
@@ -246,11 +250,14 @@ def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cas
         except CandidateTimeout as exc:
             report.entries.append(Entry(probe.name, dtype, tolerance=judge.REL[dtype], error=str(exc),
                                         error_kind="TIMEOUT", error_gammas=[0.5]))
-            return
+            continue
         except Exception as exc:  # noqa: BLE001 -- any refusal: the candidate's own error types
             report.not_accepted[dtype] = _message(exc)
             continue
         for case in battery:
+            if runner.timed_out:
+                report.notes.append(f"not run after the timeout: the rest of {dtype}")
+                break
             entry = Entry(case.name, dtype, tolerance=judge.REL[dtype])
             report.entries.append(entry)
             y = np.asarray(case.targets, dtype=np.int64)
@@ -260,7 +267,7 @@ def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cas
                 except CandidateTimeout as exc:
                     entry.error, entry.error_kind = str(exc), "TIMEOUT"
                     entry.error_gammas.append(g)
-                    return
+                    break
                 except Exception as exc:  # noqa: BLE001 -- a crash on a hard case is a failure
                     _error(entry, g, _message(exc), "ERROR")
                     continue
@@ -269,7 +276,8 @@ def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cas
                 if problem:
                     _error(entry, g, problem, "FAIL")
                     continue
-                _judge(entry, "value", res.value, res.value_format, exp.value, None, "element", g, case, describe)
+                _judge(entry, "value", res.value, res.value_format, exp.value, exp.value_scale, "element", g, case,
+                       describe)
                 for name, (ref, mag) in exp.grads.items():
                     if name not in res.grads:
                         continue

@@ -322,6 +322,11 @@ class Runner:
         return Result(v, vf, g, gf)
 
     @property
+    def timed_out(self) -> bool:
+        """Whether a call did not return in time (every later call is refused)."""
+        return self._worker is not None and self._worker.hung is not None
+
+    @property
     def notes_traced_unsupported(self) -> bool:
         return any(n.startswith("traced γ unsupported") for n in self.notes)
 
