@@ -61,6 +61,14 @@ def _softmax_raw(z, y, dps):
             log_sum._mpf_)
 
 
+@functools.lru_cache(maxsize=64)
+def _neg_log_sum(z, y, dps):
+    """``Σ_j -log p_j = Σ_j (top - z_j) + C·log_sum`` (raw mpf; the label-smoothing term, γ-independent)."""
+    ctx = context(dps)
+    zs, _, _, top, log_sum = _softmax_in(ctx, z, y, dps)
+    return (ctx.fsum(top - v for v in zs) + len(zs) * log_sum)._mpf_
+
+
 def _softmax_in(ctx, z, y, dps):
     zs, p, q, top, log_sum = _softmax_raw(tuple(z), y, dps)
     mk = ctx.make_mpf
@@ -112,9 +120,10 @@ def row(z, y, gamma, threshold=None, label_smoothing=0.0, dps=DPS):
         loss = w * nll
     k = (1 - eps) * w
     if eps:
-        loss = (1 - eps) * loss + eps / C * (ctx.fsum(top - v for v in zs) + C * log_sum)
+        loss = (1 - eps) * loss + eps / C * ctx.make_mpf(_neg_log_sum(tuple(z), y, dps))
     if eps:
-        grad = [(k + eps) * pj - eps / C for pj in p]
+        k_eps, share = k + eps, eps / C
+        grad = [k_eps * pj - share for pj in p]
         grad[y] = -k * q + eps * (p[y] - ctx.mpf(1) / C)
     else:
         grad = [k * pj for pj in p]
@@ -140,8 +149,9 @@ def magnitude(z, y, gamma, threshold=None, label_smoothing=0.0, onehot=True, dps
     C = len(zs)
     eps = ctx.convert(label_smoothing)
     k = (1 - eps) * _weight(ctx, p[y], gamma, threshold)
-    out = [(k + eps) * pj + eps / C for pj in p]
-    out[y] = k + (k + eps) * p[y] + eps / C if onehot else k * q + eps * p[y] + eps / C
+    k_eps, share = k + eps, eps / C
+    out = [k_eps * pj + share for pj in p]
+    out[y] = k + k_eps * p[y] + share if onehot else k * q + eps * p[y] + share
     return [_public(v) for v in out]
 
 
@@ -169,4 +179,6 @@ def batch(rows, targets, gamma, threshold=None, label_smoothing=0.0, reduction="
     if reduction == "sum":
         return _public(total), grads
     n = max(count, 1)
-    return _public(total / n), [[_public(ctx.make_mpf(v._mpf_) / n) for v in gr] for gr in grads]
+    inv = ctx.mpf(1) / n  # 60 digits: multiplying by it is exact to far below any float's precision
+    mk, pub = ctx.make_mpf, mp.make_mpf
+    return _public(total / n), [[pub((mk(v._mpf_) * inv)._mpf_) for v in gr] for gr in grads]
