@@ -152,7 +152,7 @@ def _base_cases(dtype: str, large_c: int, seed: int):
 
 
 @functools.lru_cache(maxsize=16)
-def cases(dtype: str, large_c: int, seed: int, ignore_index) -> tuple:
+def battery(dtype: str, large_c: int, seed: int, ignore_index) -> tuple:
     """The battery in ``dtype``; with ``ignore_index``, each batch gains ignored rows and there is an
     all-ignored batch (ignored rows hold finite logits copied from the batch)."""
     out = []
@@ -175,7 +175,7 @@ def cases(dtype: str, large_c: int, seed: int, ignore_index) -> tuple:
 
 
 def _find(dtype, large_c, seed, ignore_index, name) -> Case:
-    return next(c for c in cases(dtype, large_c, seed, ignore_index) if c.name == name)
+    return next(c for c in battery(dtype, large_c, seed, ignore_index) if c.name == name)
 
 
 @dataclass
@@ -249,7 +249,7 @@ def magnitudes(rows, targets, gamma, s: Settings, ignore_index, onehot: bool) ->
 
 
 def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cases_of, expected_of,
-                grad_rule, describe, shapes_of):
+                grad_rule, describe, shapes_of, only=None):
     """Run every case of every dtype at every γ and fold the verdicts into ``report``.
 
     ``cases_of(dtype)`` lists the :class:`Case` objects; ``expected_of(case,
@@ -265,7 +265,7 @@ def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cas
         if why:
             report.unsupported[dtype] = why
             continue
-        battery = cases_of(dtype)
+        battery = select(cases_of(dtype), only)
         probe = next((c for c in battery if c.name == PROBE), battery[0])
         try:
             runner.run(probe.inputs, dtype, np.asarray(probe.targets, dtype=np.int64), 0.5, s.threshold)
@@ -306,6 +306,17 @@ def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cas
                     rule = grad_rule(name)
                     _judge(entry, "grad" if name == "logits" else f"d_{name}", res.grads[name],
                            res.grad_formats[name], ref, mag, rule, g, case, describe)
+
+
+def select(battery, only):
+    """The cases of ``battery`` named in ``only`` (all when ``None``); ValueError for an unknown name."""
+    if only is None:
+        return battery
+    names = [c.name for c in battery]
+    unknown = [n for n in only if n not in names]
+    if unknown or not only:
+        raise ValueError(f"cases must name some of {names}, got {list(only)!r}")
+    return tuple(c for c in battery if c.name in only)
 
 
 def _message(exc) -> str:
@@ -387,7 +398,7 @@ def _describe_logits(case: Case, quantity, idx) -> dict:
 def check_implementation(candidate, *, loss="gamma_ce", backend="numpy", grad=None, dtypes=DTYPES,
                          gammas=regimes.GAMMAS, threshold=regimes.TAILR_THRESHOLD, large_vocab=4096,
                          seed=0, reduction=None, ignore_index=None, label_smoothing=None,
-                         profile="reference", timeout=None, static_gamma=None) -> Report:
+                         profile="reference", timeout=None, static_gamma=None, cases=None) -> Report:
     """Run ``candidate`` over the battery and judge it against mpmath; see the module docstring.
 
     Parameters
@@ -423,6 +434,8 @@ def check_implementation(candidate, *, loss="gamma_ce", backend="numpy", grad=No
         ``True`` always static; ``False`` traced only.
     large_vocab, seed : int
         The class count of the ``huge_vocab`` regime; the seed of the random cases.
+    cases : sequence of str, optional
+        Only these cases of the battery (by name: ``"p_to_1"``, ``"random C=50"``, ...).
 
     Returns
     -------
@@ -442,9 +455,9 @@ def check_implementation(candidate, *, loss="gamma_ce", backend="numpy", grad=No
             return _expected(case.key, g, s)
 
         run_battery(report, runner, s, tuple(dtypes), tuple(gammas),
-                    lambda d: cases(d, large_vocab, seed, s.ignore_index), expected_of,
+                    lambda d: battery(d, large_vocab, seed, s.ignore_index), expected_of,
                     lambda name: "row" if profile == "kernel" else "element", _describe_logits,
-                    lambda case: {"logits": case.inputs["logits"].shape})
+                    lambda case: {"logits": case.inputs["logits"].shape}, only=cases)
     report.notes.extend(runner.notes)
     report.seconds = time.perf_counter() - start
     if family == "jax":

@@ -268,12 +268,14 @@ def _describe(case: Case, quantity, idx) -> dict:
 def check_linear_implementation(candidate, *, loss="gamma_ce", backend="numpy", grad=None, dtypes=DTYPES,
                                 bias=False, gammas=regimes.GAMMAS, threshold=regimes.TAILR_THRESHOLD,
                                 reduction=None, ignore_index=None, label_smoothing=None, profile="reference",
-                                large=False, seed=0, timeout=None, static_gamma=None) -> Report:
+                                large=False, seed=0, timeout=None, static_gamma=None, cases=None) -> Report:
     """Run a fused linear + loss ``candidate`` over the battery and judge it; see the module docstring.
 
     The arguments are those of :func:`~gammace_ref.testing.check_implementation`,
     plus ``bias`` (pass a ``(C,)`` bias by keyword and check its gradient)
-    and ``large`` (add the C = 128257 case).
+    and ``large`` (add the C = 128257 case); ``cases`` names a subset of
+    ``random``, ``p_to_1``, ``p_to_0``, ``ties``, ``near_equal_rows``,
+    ``large_vocab``, ``all_ignored``.
     """
     s = settings(loss, threshold, reduction, ignore_index, label_smoothing, profile, gammas, dtypes)
     start = time.perf_counter()
@@ -290,7 +292,7 @@ def check_linear_implementation(candidate, *, loss="gamma_ce", backend="numpy", 
         run_battery(report, runner, s, tuple(dtypes), tuple(gammas),
                     lambda d: linear_cases(d, seed, bool(bias), bool(large), s.ignore_index),
                     lambda case, g: _expected(case.key, g, s), lambda name: "row", _describe,
-                    lambda case: {k: v.shape for k, v in case.inputs.items()})
+                    lambda case: {k: v.shape for k, v in case.inputs.items()}, only=cases)
     report.notes.extend(runner.notes)
     report.seconds = time.perf_counter() - start
     if family == "jax":
