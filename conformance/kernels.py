@@ -29,10 +29,12 @@ backward.
   :func:`jax_branchy` (``if gamma == 1:`` -- traced γ unsupported).
 """
 
+# --8<-- [start:imports]
 import math
 
 import torch
 import torch.nn.functional as F
+# --8<-- [end:imports]
 
 
 # --8<-- [start:naive]
@@ -119,9 +121,11 @@ def careful_gamma_ce(logits, targets, gamma):
 # --8<-- [end:careful]
 
 
+# --8<-- [start:sloppy]
 def sloppy_bf16(logits, targets, gamma):
     """The same formulas computed in the input's dtype (bfloat16 in, bfloat16 arithmetic)."""
     return CarefulGammaCE.apply(logits, targets, gamma, None, 0.0, "uniform", logits.dtype)
+# --8<-- [end:sloppy]
 
 
 # --8<-- [start:training]
@@ -153,6 +157,7 @@ def training_tailr(logits, targets, gamma, threshold, **options):
 # --8<-- [end:training]
 
 
+# --8<-- [start:training_bugs]
 def mean_over_all_rows(logits, targets, gamma, **options):
     """BUG: the mean divided by N, ignored rows included."""
     return training_gamma_ce(logits, targets, gamma, _mean="all", **options)
@@ -171,8 +176,10 @@ def smoothing_over_other_classes(logits, targets, gamma, **options):
 def mean_scale_in_float32(logits, targets, gamma, **options):
     """BUG: a float64 kernel whose mean multiplies by 1/n rounded to float32."""
     return training_gamma_ce(logits, targets, gamma, _scale_dtype=torch.float32, **options)
+# --8<-- [end:training_bugs]
 
 
+# --8<-- [start:onehot]
 class _OnehotBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, gamma, weightless_at_one):
@@ -200,6 +207,7 @@ def onehot_backward(logits, targets, gamma):
 def gamma_one_weightless(logits, targets, gamma):
     """BUG: at γ = 1 the gradient of cross-entropy (w = 1) instead of w = p."""
     return _OnehotBackward.apply(logits, targets, gamma, True)
+# --8<-- [end:onehot]
 
 
 # --8<-- [start:fused_linear]
@@ -250,12 +258,13 @@ def _logits(h, weight, bias):
 def fused_linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, chunk=4, dw_scale=1.0):
     """Per-example γ-CE losses from hidden states; float32 losses, gradients in the inputs' dtypes."""
     return FusedLinearGammaCE.apply(hidden, weight, bias, targets, gamma, chunk, dw_scale)
-# --8<-- [end:fused_linear]
+
 
 
 def fused_linear_dw_twice(hidden, weight, targets, gamma, *, bias=None):
     """BUG: the weight gradient accumulated twice (off by 2×)."""
     return fused_linear_gamma_ce(hidden, weight, targets, gamma, bias=bias, dw_scale=2.0)
+# --8<-- [end:fused_linear]
 
 
 # --8<-- [start:jax]
@@ -293,6 +302,7 @@ def jax_gamma_ce(logits, targets, gamma):
 # --8<-- [end:jax]
 
 
+# --8<-- [start:jax_branchy]
 def jax_branchy(logits, targets, gamma):
     """A JAX kernel with Python branches on γ: under jax.jit γ must be static."""
     import jax
@@ -302,3 +312,38 @@ def jax_branchy(logits, targets, gamma):
     if gamma == 0:
         return -lp
     return -jnp.log(gamma + (1 - gamma) * jnp.exp(lp)) / (1 - gamma)
+# --8<-- [end:jax_branchy]
+
+
+# --8<-- [start:official_tailr]
+def official_tailr(logits, targets, gamma, threshold, *, reduction="sum", ignore_index=-100, label_smoothing=0.0):
+    """The formula of the official TaiLr criterion, transcribed (thu-coai/TaiLr,
+    fairseq/criterions/tailr.py, ``tailr_loss``).
+
+    There ``lprobs = softmax(lprobs).log()`` of the model's log-probabilities,
+    i.e. ``log(softmax(logits))``; ``nll = -lprobs[target]``,
+    ``smooth = -Σ_j lprobs_j``, both zeroed on padding; the weight, without
+    gradient, ``exp(log p - log(γ + (1-γ)p))`` clamped to ``[min_weight, 1]``
+    (``min_weight`` is gammace_ref's threshold ``b``); the loss
+    ``(1-ε)·Σ W·nll + ε/C·Σ smooth`` (``reduce=True`` sums; fairseq divides by
+    the token count afterwards).  Transcription details: padding is
+    ``ignore_index`` and its rows gather class 0 (-100 is no index);
+    ``reduction="none"`` / ``"mean"`` are added.
+    """
+    probs = torch.softmax(logits, dim=-1)
+    lprobs = probs.log()
+    target = targets.unsqueeze(-1)
+    pad = target.eq(ignore_index)
+    target = target.masked_fill(pad, 0)
+    nll = (-lprobs.gather(dim=-1, index=target)).masked_fill(pad, 0.0)
+    smooth = (-lprobs.sum(dim=-1, keepdim=True)).masked_fill(pad, 0.0)
+    with torch.no_grad():
+        w = probs.gather(dim=-1, index=target)
+        w = (w.log() - (gamma + (1 - gamma) * w).log()).exp().clamp(min=threshold, max=1.0)
+    loss = ((1.0 - label_smoothing) * w * nll + label_smoothing / lprobs.size(-1) * smooth).squeeze(-1)
+    if reduction == "none":
+        return loss
+    if reduction == "mean":
+        return loss.sum() / (~pad).sum().clamp(min=1)
+    return loss.sum()
+# --8<-- [end:official_tailr]

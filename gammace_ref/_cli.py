@@ -147,7 +147,8 @@ def _check(args) -> int:
         kwargs = dict(loss=args.loss, backend=args.backend, grad=grad, dtypes=tuple(args.dtypes),
                       gammas=tuple(args.gammas), threshold=args.threshold, reduction=args.reduction,
                       ignore_index=args.ignore_index, label_smoothing=args.label_smoothing, profile=args.profile,
-                      timeout=args.timeout or None, static_gamma=True if args.static_gamma else None)
+                      timeout=args.timeout or None, static_gamma=True if args.static_gamma else None,
+                      cases=tuple(args.cases) if args.cases else None)
         if args.linear:
             report = oracle_linear.check_linear_implementation(candidate, bias=args.bias, large=args.large, **kwargs)
         else:
@@ -206,6 +207,7 @@ def _add_check(sub, backends):
     chk.add_argument("--profile", default="reference", choices=["reference", "kernel"],
                      help="reference: every gradient component to the tolerance; kernel: per-row norm-wise "
                           "(what a float32-compute kernel can promise); default: %(default)s")
+    chk.add_argument("--cases", nargs="+", help="only these cases of the battery, by name (default: all)")
     chk.add_argument("--bias", action="store_true", help="with --linear: pass bias=... and check its gradient")
     chk.add_argument("--large", action="store_true", help="with --linear: add the C = 128257 case (slow)")
     chk.add_argument("--static-gamma", action="store_true",

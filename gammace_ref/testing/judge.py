@@ -113,21 +113,23 @@ def _exact(g, r, tiny):
     return (g == r) | (np.isnan(g) & np.isnan(r)) | ((np.abs(g) < tiny) & (np.abs(r) < tiny))
 
 
-def elementwise(got, ref, fmt: str, scale=None) -> Verdict:
+def elementwise(got, ref, fmt: str, scale=None, shown=None) -> Verdict:
     """Every element of ``got`` (a result of format ``fmt``) against ``ref`` (float64, same shape).
 
     The compute error is relative to ``scale`` (default ``|ref|``): for a
     component that is the difference of larger terms, the size of those terms
-    (the condition of the difference).
+    (the condition of the difference).  The reported relative error is
+    relative to ``shown`` (default: ``scale``).
     """
     f = _fmt(fmt)
     g = np.asarray(got, dtype=np.float64)
     r = np.asarray(ref, dtype=np.float64)
     s = np.abs(r) if scale is None else np.maximum(np.abs(r), np.asarray(scale, dtype=np.float64))
+    shown = s if shown is None else np.maximum(np.abs(r), np.asarray(shown, dtype=np.float64))
     exact = _exact(g, r, f.tiny)
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(g - r)
-        rel = diff / np.maximum(s, f.tiny)
+        rel = diff / np.maximum(shown, f.tiny)
         floor = f.tiny if ULPS[fmt] else REL[fmt] * f.tiny
         allowed = np.maximum(REL[fmt] * s + ULPS[fmt] * ulp(r, fmt), floor)
         ratio = diff / allowed
@@ -141,25 +143,28 @@ def elementwise(got, ref, fmt: str, scale=None) -> Verdict:
                    tuple(int(v) for v in i))
 
 
-def rowwise(got, ref, magnitude, fmt: str) -> Verdict:
+def rowwise(got, ref, magnitude, fmt: str, shown=None) -> Verdict:
     """Each row of ``got`` (2-d, format ``fmt``) norm-wise against ``ref``, relative to the row of ``magnitude``.
 
     Row ``i`` passes when ``‖got_i - ref_i‖₂ ≤ (REL + ULPS·eps)·‖magnitude_i‖₂``
-    or the error is below the format's smallest normal number.  ``where`` is
-    ``(row, column)`` of the worst row's largest component error.
+    or the error is below the format's smallest normal number.  The reported
+    relative error is relative to the rows of ``shown`` (default:
+    ``magnitude``).  ``where`` is ``(row, column)`` of the worst row's largest
+    component error.
     """
     f = _fmt(fmt)
     g = np.asarray(got, dtype=np.float64)
     r = np.asarray(ref, dtype=np.float64)
     m = np.asarray(magnitude, dtype=np.float64)
-    g2, r2, m2 = (a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, 1) for a in (g, r, m))
+    sh = m if shown is None else np.asarray(shown, dtype=np.float64)
+    g2, r2, m2, s2 = (a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, 1) for a in (g, r, m, sh))
     exact = _exact(g2, r2, f.tiny)
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.where(exact, 0.0, np.abs(g2 - r2))
         diff = np.where(np.isnan(diff), np.inf, diff)
         err = np.sqrt(np.sum(_scaled_sq(diff), axis=1)) * _row_scale(diff)
         scale = np.sqrt(np.sum(_scaled_sq(m2), axis=1)) * _row_scale(m2)
-        rel = err / np.maximum(scale, f.tiny)
+        rel = err / np.maximum(np.sqrt(np.sum(_scaled_sq(s2), axis=1)) * _row_scale(s2), f.tiny)
         ratio = err / np.maximum((REL[fmt] + ULPS[fmt] * f.eps) * scale, f.tiny)
     rel = np.where(np.isnan(rel), np.inf, rel)
     ratio = np.where(np.isnan(ratio), np.inf, ratio)

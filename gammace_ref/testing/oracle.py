@@ -181,8 +181,9 @@ def _find(dtype, large_c, seed, ignore_index, name) -> Case:
 @dataclass
 class Expected:
     value: np.ndarray  # (N,) or ()
-    grads: dict  # name -> (reference float64 array, magnitude float64 array or None)
-    value_scale: np.ndarray | None = None  # what the value's error is relative to (None: |value|)
+    grads: dict  # name -> (reference float64 array, magnitude float64 array or None[, magnitude shown])
+    value_scale: np.ndarray | None = None  # what the value's error is judged against (None: |value|)
+    shown: bool = False  # report relative errors against |value| / the third magnitude, not the judged scale
 
 
 def needs_magnitude(s: Settings):
@@ -267,11 +268,12 @@ def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cas
             continue
         battery = select(cases_of(dtype), only)
         probe = next((c for c in battery if c.name == PROBE), battery[0])
+        g_probe = gammas[len(gammas) // 2]  # an ordinary γ of those asked for (0.5 by default)
         try:
-            runner.run(probe.inputs, dtype, np.asarray(probe.targets, dtype=np.int64), 0.5, s.threshold)
+            runner.run(probe.inputs, dtype, np.asarray(probe.targets, dtype=np.int64), g_probe, s.threshold)
         except CandidateTimeout as exc:
             report.entries.append(Entry(probe.name, dtype, tolerance=judge.REL[dtype], error=str(exc),
-                                        error_kind="TIMEOUT", error_gammas=[0.5]))
+                                        error_kind="TIMEOUT", error_gammas=[g_probe]))
             continue
         except Exception as exc:  # noqa: BLE001 -- any refusal: the candidate's own error types
             report.not_accepted[dtype] = _message(exc)
@@ -299,13 +301,13 @@ def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cas
                     _error(entry, g, problem, "FAIL")
                     continue
                 _judge(entry, "value", res.value, res.value_format, exp.value, exp.value_scale, "element", g, case,
-                       describe)
-                for name, (ref, mag) in exp.grads.items():
+                       describe, np.zeros(()) if exp.shown else None)
+                for name, (ref, mag, *shown) in exp.grads.items():
                     if name not in res.grads:
                         continue
                     rule = grad_rule(name)
                     _judge(entry, "grad" if name == "logits" else f"d_{name}", res.grads[name],
-                           res.grad_formats[name], ref, mag, rule, g, case, describe)
+                           res.grad_formats[name], ref, mag, rule, g, case, describe, shown[0] if shown else None)
 
 
 def select(battery, only):
@@ -350,17 +352,18 @@ def _shape_problem(res, exp: Expected, grad_shapes: dict, grad_checked: bool) ->
     return None
 
 
-def _judge(entry: Entry, quantity, got, fmt, ref, magnitude, rule, gamma, case, describe):
+def _judge(entry: Entry, quantity, got, fmt, ref, magnitude, rule, gamma, case, describe, shown=None):
     got = np.reshape(got, ref.shape) if ref.shape == () else got
     if rule == "element":
-        v = judge.elementwise(got, ref, fmt, magnitude)
+        v = judge.elementwise(got, ref, fmt, magnitude, shown)
     else:
-        v = judge.rowwise(got, ref, magnitude, fmt)
+        v = judge.rowwise(got, ref, magnitude, fmt, shown)
+    rule_text = judge.rule_text(fmt, rule == "row") + ("·κ" if shown is not None else "")
     check = entry.checks.get(quantity)
     if check is None:
-        check = entry.checks[quantity] = Check(quantity, judge.rule_text(fmt, rule == "row"), fmt)
+        check = entry.checks[quantity] = Check(quantity, rule_text, fmt)
     check.format = fmt
-    check.rule = judge.rule_text(fmt, rule == "row")
+    check.rule = rule_text
     check.err = max(check.err, v.err)
     check.ulps = max(check.ulps, v.ulps)
     check.abs = max(check.abs, v.abs)

@@ -236,15 +236,15 @@ def _expected(key, gamma, s: Settings) -> Expected:
     sens = np.abs(g_hi) * tz
     value = metrics.to_float64(loss)
     value_scale = np.abs(value) + (sens.sum(axis=1) if value.shape else sens.sum())
-    mag = mag * (1.0 + 2.0 * tz.max(axis=1, initial=0.0))[:, None]
+    cond = mag * (1.0 + 2.0 * tz.max(axis=1, initial=0.0))[:, None]
     grads = {
-        "hidden": (dd_matmul(g_hi, g_lo, w)[0], mag @ np.abs(w)),
-        "weight": (dd_matmul(g_hi.T, g_lo.T, h)[0], mag.T @ np.abs(h)),
+        "hidden": (dd_matmul(g_hi, g_lo, w)[0], cond @ np.abs(w), mag @ np.abs(w)),
+        "weight": (dd_matmul(g_hi.T, g_lo.T, h)[0], cond.T @ np.abs(h), mag.T @ np.abs(h)),
     }
     if "bias" in case.inputs:
         ones = np.ones((1, g_hi.shape[0]))
-        grads["bias"] = (dd_matmul(g_hi.T, g_lo.T, ones.T)[0][:, 0], mag.sum(axis=0))
-    return Expected(value, grads, value_scale)
+        grads["bias"] = (dd_matmul(g_hi.T, g_lo.T, ones.T)[0][:, 0], cond.sum(axis=0), mag.sum(axis=0))
+    return Expected(value, grads, value_scale, shown=True)
 
 
 def _describe(case: Case, quantity, idx) -> dict:
