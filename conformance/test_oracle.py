@@ -95,6 +95,9 @@ def test_wrong_shape_and_nan_are_fail_entries_never_exceptions():
     assert {e.case for e in report.failures} == {"masked"}
     check = report.failures[0].checks["value"]
     assert check.err == np.inf and np.isnan(check.worst["got"]) and check.failing_gammas == [0.0, 0.5]
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))  # strict JSON: "nan", "inf" as strings
+    masked = next(e for e in data["entries"] if e["case"] == "masked")
+    assert masked["checks"]["value"]["err"] == "inf" and masked["checks"]["value"]["worst"]["got"] == "nan"
 
 
 def test_worst_input_per_quantity_and_every_failing_gamma():

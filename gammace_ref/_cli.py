@@ -162,14 +162,14 @@ def _check(args) -> int:
         print(f"gammace-ref check: {exc}", file=sys.stderr)
         return 2
     if args.json == "-":
-        json.dump(report.to_dict(), sys.stdout, indent=1, sort_keys=True)
+        json.dump(report.to_dict(), sys.stdout, indent=1, sort_keys=True, allow_nan=False)
         print()
     else:
         print(report)
         print(f"({report.seconds:.1f}s)")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump(report.to_dict(), f, indent=1, sort_keys=True)
+                json.dump(report.to_dict(), f, indent=1, sort_keys=True, allow_nan=False)
                 f.write("\n")
     return 0 if report.passed else 1
 

@@ -24,5 +24,7 @@ def test_the_snippets_the_docs_include_exist():
     import re
 
     for page in (ROOT / "docs").glob("*.md"):
-        for path in re.findall(r'--8<-- "([^"]+)"', page.read_text(encoding="utf-8")):
+        for spec in re.findall(r'--8<-- "([^"]+)"', page.read_text(encoding="utf-8")):
+            path, _, section = spec.partition(":")  # "file:section": the lines between its --8<-- markers
             assert (ROOT / path).is_file(), f"{page.name} includes {path}, which does not exist"
+            assert not section or f"--8<-- [start:{section}]" in (ROOT / path).read_text(encoding="utf-8"), spec

@@ -102,18 +102,20 @@ class Entry:
         return max(self.checks.values(), key=lambda c: c.ratio).worst
 
     def to_dict(self) -> dict:
-        return {"case": self.case, "dtype": self.dtype, "status": self.status, "passed": self.passed,
-                "tolerance": self.tolerance, "error": self.error, "error_gammas": self.error_gammas,
-                "value_rel": _num(self.value_rel), "grad_rel": _num(self.grad_rel),
-                "checks": {q: {**asdict(c), "passed": c.passed, **{k: _num(getattr(c, k))
-                                                                   for k in ("err", "ratio", "ulps", "abs")}}
-                           for q, c in self.checks.items()}}
+        return _json({"case": self.case, "dtype": self.dtype, "status": self.status, "passed": self.passed,
+                      "tolerance": self.tolerance, "error": self.error, "error_gammas": self.error_gammas,
+                      "value_rel": self.value_rel, "grad_rel": self.grad_rel,
+                      "checks": {q: {**asdict(c), "passed": c.passed} for q, c in self.checks.items()}})
 
 
-def _num(v):
-    """JSON has no inf/nan: write them as strings."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
+def _json(v):
+    """Strict JSON data: non-finite floats as the strings "inf", "-inf", "nan"; tuples as lists."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, dict):
+        return {str(k): _json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json(x) for x in v]
     return v
 
 
@@ -191,11 +193,11 @@ class Report:
 
     def to_dict(self) -> dict:
         """The report as JSON-ready data (what ``gammace-ref check --json`` writes)."""
-        return {"loss": self.loss, "backend": self.backend, "kind": self.kind, "profile": self.profile,
-                "options": self.options, "passed": self.passed, "grad_checked": self.grad_checked,
-                "not_accepted": self.not_accepted, "unsupported": self.unsupported, "notes": self.notes,
-                "seconds": round(self.seconds, 3), "compilations": self.compilations,
-                "entries": [e.to_dict() for e in self.entries]}
+        return _json({"loss": self.loss, "backend": self.backend, "kind": self.kind, "profile": self.profile,
+                      "options": self.options, "passed": self.passed, "grad_checked": self.grad_checked,
+                      "not_accepted": self.not_accepted, "unsupported": self.unsupported, "notes": self.notes,
+                      "seconds": round(self.seconds, 3), "compilations": self.compilations,
+                      "entries": [e.to_dict() for e in self.entries]})
 
 
 def _gammas(gs) -> str:
