@@ -193,3 +193,22 @@ def test_concurrent_checks_leave_mpmath_global_precision_alone():
         assert again[0]._mpf_ == expected[0]._mpf_ and [g._mpf_ for g in again[1]] == [g._mpf_ for g in expected[1]]
     finally:
         mpmath.mp.dps = before
+
+
+@pytest.mark.parametrize("backend", ["cupy", "torch.cuda"])
+def test_gpu_backends_in_low_precision(backend):
+    """CuPy carries float16 (no bfloat16); torch on CUDA all four dtypes.  Skipped without a GPU."""
+    from gammace_ref.testing.backends import Backend, availability
+
+    reason = availability(Backend(backend))
+    if reason:
+        pytest.skip(reason)
+    if backend == "cupy":
+        report = assert_matches_reference(per_example, backend="cupy", grad=per_example_grad,
+                                          dtypes=("float32", "float16", "bfloat16"))
+        assert "bfloat16" in report.unsupported and {e.dtype for e in report.entries} == {"float32", "float16"}
+    else:
+        import gammace_ref.torch as gt
+
+        assert_matches_reference(lambda z, y, g: gt.gamma_ce(z, y, g, reduction="none"), backend="torch.cuda",
+                                 dtypes=("float64", "float32", "bfloat16", "float16"))
