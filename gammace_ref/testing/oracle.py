@@ -266,8 +266,8 @@ def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cas
         if why:
             report.unsupported[dtype] = why
             continue
-        battery = select(cases_of(dtype), only)
-        probe = next((c for c in battery if c.name == PROBE), battery[0])
+        chosen = select(cases_of(dtype), only)
+        probe = next((c for c in chosen if c.name == PROBE), chosen[0])
         g_probe = gammas[len(gammas) // 2]  # an ordinary γ of those asked for (0.5 by default)
         try:
             runner.run(probe.inputs, dtype, np.asarray(probe.targets, dtype=np.int64), g_probe, s.threshold)
@@ -278,7 +278,7 @@ def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cas
         except Exception as exc:  # noqa: BLE001 -- any refusal: the candidate's own error types
             report.not_accepted[dtype] = _message(exc)
             continue
-        for case in battery:
+        for case in chosen:
             if runner.timed_out:
                 report.notes.append(f"not run after the timeout: the rest of {dtype}")
                 break

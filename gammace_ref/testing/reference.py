@@ -21,7 +21,7 @@ import functools
 import threading
 
 import mpmath
-from mpmath import mp
+from mpmath import libmp, mp
 
 DPS = 60
 
@@ -75,6 +75,24 @@ def _softmax_in(ctx, z, y, dps):
     return [mk(v) for v in zs], [mk(v) for v in p], mk(q), mk(top), mk(log_sum)
 
 
+def _row_parts(ctx, z, y, dps):
+    """``(raw softmax, p_y, q, top, log_sum, z_y)``: only the O(1) numbers as numbers of ``ctx``."""
+    zs, p, q, top, log_sum = _softmax_raw(tuple(z), y, dps)
+    mk = ctx.make_mpf
+    return p, mk(p[y]), mk(q), mk(top), mk(log_sum), mk(zs[y])
+
+
+def _scaled(ctx, factor, p, offset=None):
+    """``[factor·p_j (+ offset)]`` over raw softmax values, as global-context numbers (one rounding per
+    operation at ``ctx``'s precision, as ``factor * p_j + offset`` on mpmath numbers)."""
+    prec, rnd, pub = ctx.prec, libmp.round_nearest, mp.make_mpf
+    f = factor._mpf_
+    if offset is None:
+        return [pub(libmp.mpf_mul(f, pj, prec, rnd)) for pj in p]
+    o = offset._mpf_
+    return [pub(libmp.mpf_add(libmp.mpf_mul(f, pj, prec, rnd), o, prec, rnd)) for pj in p]
+
+
 def _softmax(z, y, dps):
     """Exact logits, softmax, ``q = 1 - p_y``, ``top = max z`` and ``log Σ_j exp(z_j - top)``.
 
@@ -104,9 +122,9 @@ def row(z, y, gamma, threshold=None, label_smoothing=0.0, dps=DPS):
     ``z`` holds Python floats or mpmath numbers.  Returns mpmath numbers.
     """
     ctx = context(dps)
-    zs, p, q, top, log_sum = _softmax_in(ctx, z, y, dps)
-    C = len(zs)
-    nll = (top - zs[y]) + log_sum
+    p, p_y, q, top, log_sum, z_y = _row_parts(ctx, z, y, dps)
+    C = len(p)
+    nll = (top - z_y) + log_sum
     g, eps = ctx.convert(gamma), ctx.convert(label_smoothing)
     c = 1 - g
     if c == 0:
@@ -114,21 +132,20 @@ def row(z, y, gamma, threshold=None, label_smoothing=0.0, dps=DPS):
     elif c * q < ctx.mpf(1) / 2:
         loss = -ctx.log1p(-c * q) / c
     else:
-        loss = -ctx.log(g + c * p[y]) / c
-    w = _weight(ctx, p[y], gamma, threshold)
+        loss = -ctx.log(g + c * p_y) / c
+    w = _weight(ctx, p_y, gamma, threshold)
     if threshold is not None:
         loss = w * nll
     k = (1 - eps) * w
     if eps:
         loss = (1 - eps) * loss + eps / C * ctx.make_mpf(_neg_log_sum(tuple(z), y, dps))
-    if eps:
-        k_eps, share = k + eps, eps / C
-        grad = [k_eps * pj - share for pj in p]
-        grad[y] = -k * q + eps * (p[y] - ctx.mpf(1) / C)
+    if eps:  # (k + ε)·p_j - ε/C; the target's -k·q + ε(p_y - 1/C), 1 - p_y never formed
+        grad = _scaled(ctx, k + eps, p, -(eps / C))
+        grad[y] = _public(-k * q + eps * (p_y - ctx.mpf(1) / C))
     else:
-        grad = [k * pj for pj in p]
-        grad[y] = -k * q
-    return _public(loss), [_public(v) for v in grad]
+        grad = _scaled(ctx, k, p)
+        grad[y] = _public(-k * q)
+    return _public(loss), grad
 
 
 def magnitude(z, y, gamma, threshold=None, label_smoothing=0.0, onehot=True, dps=DPS):
@@ -145,14 +162,14 @@ def magnitude(z, y, gamma, threshold=None, label_smoothing=0.0, onehot=True, dps
     ``|gradient|`` itself.
     """
     ctx = context(dps)
-    zs, p, q, top, log_sum = _softmax_in(ctx, z, y, dps)
-    C = len(zs)
+    p, p_y, q, _, _, _ = _row_parts(ctx, z, y, dps)
+    C = len(p)
     eps = ctx.convert(label_smoothing)
-    k = (1 - eps) * _weight(ctx, p[y], gamma, threshold)
+    k = (1 - eps) * _weight(ctx, p_y, gamma, threshold)
     k_eps, share = k + eps, eps / C
-    out = [k_eps * pj + share for pj in p]
-    out[y] = k + k_eps * p[y] + share if onehot else k * q + eps * p[y] + share
-    return [_public(v) for v in out]
+    out = _scaled(ctx, k_eps, p, share)
+    out[y] = _public(k + k_eps * p_y + share if onehot else k * q + eps * p_y + share)
+    return out
 
 
 def batch(rows, targets, gamma, threshold=None, label_smoothing=0.0, reduction="none", ignore_index=None):
@@ -180,5 +197,4 @@ def batch(rows, targets, gamma, threshold=None, label_smoothing=0.0, reduction="
         return _public(total), grads
     n = max(count, 1)
     inv = ctx.mpf(1) / n  # 60 digits: multiplying by it is exact to far below any float's precision
-    mk, pub = ctx.make_mpf, mp.make_mpf
-    return _public(total / n), [[pub((mk(v._mpf_) * inv)._mpf_) for v in gr] for gr in grads]
+    return _public(total / n), [_scaled(ctx, inv, [v._mpf_ for v in gr]) for gr in grads]
