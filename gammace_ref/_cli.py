@@ -67,7 +67,6 @@ EXIT_STATUS = {
     "conformance": "0: every check passed; 1: some check failed; 2-4: the run was interrupted or pytest "
                    "got bad arguments; 5: nothing selected (e.g. -- -k matched no test); pytest's codes. 2 also "
                    "when the test extra is missing.",
-    "check": "0: the implementation passes; 1: it does not; 2: bad arguments or the oracle extra is missing.",
     "demo": "0: done; 1: bad option values; 2: bad arguments or the demo extra is missing.",
 }
 
@@ -192,28 +191,125 @@ def _conformance(args) -> int:
     return conformance_runner.run(args.backends, args.dtypes, args.suite, args.json, args.pytest_args or ())
 
 
-def _check(args) -> int:
+CHECK_EPILOG = """\
+The candidate is called as f(logits, targets, gamma[, threshold]) and returns the
+per-example losses; with --reduction, --ignore-index or --label-smoothing it is called
+with reduction=..., label_smoothing=... (always) and ignore_index=... (when given) as
+keyword arguments.  With --linear: f(hidden, weight, targets, gamma[, threshold]
+[, bias=...]) for a fused linear + loss kernel.  Gradients come from the backend's
+autodiff (torch, jax, jax.jit) or from --grad.
+
+exit status: 0 every entry passed; 1 a check failed, the candidate accepted none of
+the dtypes, or a call timed out; 2 usage error (bad MODULE:FUNCTION, module or function
+not found, an invalid option) or the oracle extra is missing.
+"""
+
+
+class _Usage(Exception):
+    """A usage error of `gammace-ref check`: one line, exit status 2."""
+
+
+def _load(spec: str, what: str):
+    """The object named by ``MODULE:FUNCTION`` (FUNCTION may be dotted: ``Class.apply``)."""
     import importlib
 
-    from .testing import oracle
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise _Usage(f"{what} must be MODULE:FUNCTION, got {spec!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # the current directory, as `python -m` does
+    try:
+        obj = importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 -- whatever importing the user's module raises
+        raise _Usage(f"cannot import module {module!r} ({what}): {type(exc).__name__}: {exc}") from None
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            raise _Usage(f"module {module!r} has no attribute {name!r} ({what})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise _Usage(f"{spec} is a {type(obj).__name__}, not callable ({what})")
+    return obj
 
-    module, _, name = args.target.partition(":")
-    if not name:
-        raise SystemExit(f"gammace-ref check: expected MODULE:FUNCTION, got {args.target!r}")
-    sys.path.insert(0, "")  # the current directory, as `python -m` does
-    candidate = getattr(importlib.import_module(module), name)
-    grad = None
-    if args.grad:
-        gmod, _, gname = args.grad.partition(":")
-        grad = getattr(importlib.import_module(gmod), gname)
-    report = oracle.check_implementation(candidate, loss=args.loss, backend=args.backend, grad=grad,
-                                         dtypes=tuple(args.dtypes))
-    print(report)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report.to_dict(), f, indent=1, sort_keys=True, default=float)
-            f.write("\n")
+
+def _check(args) -> int:
+    from .testing import oracle, oracle_linear
+
+    try:
+        candidate = _load(args.target, "the candidate")
+        grad = _load(args.grad, "--grad") if args.grad else None
+        kwargs = dict(loss=args.loss, backend=args.backend, grad=grad, dtypes=tuple(args.dtypes),
+                      gammas=tuple(args.gammas), threshold=args.threshold, reduction=args.reduction,
+                      ignore_index=args.ignore_index, label_smoothing=args.label_smoothing, profile=args.profile,
+                      timeout=args.timeout or None, static_gamma=True if args.static_gamma else None,
+                      cases=tuple(args.cases) if args.cases else None)
+        if args.linear:
+            report = oracle_linear.check_linear_implementation(candidate, bias=args.bias, large=args.large, **kwargs)
+        else:
+            if args.bias or args.large:
+                raise _Usage("--bias and --large go with --linear")
+            report = oracle.check_implementation(candidate, **kwargs)
+    except _Usage as exc:
+        print(f"gammace-ref check: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, RuntimeError) as exc:  # the oracle's checks of the options; no backend
+        print(f"gammace-ref check: {exc}", file=sys.stderr)
+        return 2
+    if args.json == "-":
+        json.dump(report.to_dict(), sys.stdout, indent=1, sort_keys=True, allow_nan=False)
+        print()
+    else:
+        print(report)
+        print(f"({report.seconds:.1f}s)")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report.to_dict(), f, indent=1, sort_keys=True, allow_nan=False)
+                f.write("\n")
     return 0 if report.passed else 1
+
+
+def _add_check(sub, backends):
+    try:  # the defaults of the oracle; without its extra (numpy, mpmath) `check` itself says what to install
+        from .testing.regimes import GAMMAS, TAILR_THRESHOLD
+    except ImportError:
+        GAMMAS, TAILR_THRESHOLD = None, None
+    chk = sub.add_parser("check", help="judge your implementation against the reference (check_implementation)",
+                         description="Judge an implementation of γ-CE / TaiLr (or a fused linear + loss kernel) "
+                                     "against the 60-digit mpmath reference on the hard regimes.",
+                         epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    chk.add_argument("target", help="MODULE:FUNCTION of the candidate (imported from the current directory; "
+                                    "FUNCTION may be dotted, e.g. mymod:MyLoss.apply)")
+    chk.add_argument("--linear", action="store_true",
+                     help="the candidate is a fused linear + loss kernel f(hidden, weight, targets, gamma, ...) "
+                          "(check_linear_implementation)")
+    chk.add_argument("--loss", default="gamma_ce", choices=["gamma_ce", "tailr"], help="default: %(default)s")
+    chk.add_argument("--backend", default="numpy", choices=backends, help="default: %(default)s")
+    chk.add_argument("--grad", help="MODULE:FUNCTION giving the gradient(s), called like the candidate "
+                                    "(needed where the backend has no autodiff; default: autodiff or none)")
+    chk.add_argument("--dtypes", nargs="+", default=["float64", "float32"],
+                     choices=["float64", "float32", "bfloat16", "float16"], help="default: %(default)s")
+    chk.add_argument("--gammas", nargs="+", type=float, default=None if GAMMAS is None else list(GAMMAS),
+                     help="the γ values (default: %(default)s)")
+    chk.add_argument("--threshold", type=float, default=TAILR_THRESHOLD,
+                     help="TaiLr's b, with --loss tailr (default: %(default)s)")
+    chk.add_argument("--reduction", choices=["none", "mean", "sum"],
+                     help="passed as reduction=... (default: not passed; per-example losses expected)")
+    chk.add_argument("--ignore-index", type=int,
+                     help="passed as ignore_index=...; adds ignored rows and an all-ignored batch (default: none)")
+    chk.add_argument("--label-smoothing", type=float,
+                     help="passed as label_smoothing=... (default: not passed)")
+    chk.add_argument("--profile", default="reference", choices=["reference", "kernel"],
+                     help="reference: every gradient component to the tolerance; kernel: per-row norm-wise "
+                          "(what a float32-compute kernel can promise); default: %(default)s")
+    chk.add_argument("--cases", nargs="+", help="only these cases of the battery, by name (default: all)")
+    chk.add_argument("--bias", action="store_true", help="with --linear: pass bias=... and check its gradient")
+    chk.add_argument("--large", action="store_true", help="with --linear: add the C = 128257 case (slow)")
+    chk.add_argument("--static-gamma", action="store_true",
+                     help="under jax.jit pass γ as a static argument (default: traced, static if it must)")
+    chk.add_argument("--timeout", type=float, default=300.0,
+                     help="seconds allowed per call of the candidate; 0: no limit (default: %(default)s)")
+    chk.add_argument("--json", help="also write the report as JSON to this file ('-': print the JSON instead "
+                                    "of the table)")
+    return chk
 
 
 def _demo(args) -> int:
@@ -262,14 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--suite", help="a copy of the suite's directory to run instead "
                                      "(default: the one shipped in the package)")
     con.add_argument("pytest_args", nargs="*", help="after --: passed to pytest (e.g. -- -x -k vectors)")
-    chk = sub.add_parser("check", help="judge your implementation against the reference (check_implementation)")
-    chk.add_argument("target", help="MODULE:FUNCTION, called as f(logits, targets, gamma[, threshold]) -> "
-                                    "per-example losses")
-    chk.add_argument("--loss", default="gamma_ce", choices=["gamma_ce", "tailr"])
-    chk.add_argument("--backend", default="numpy", choices=[b.value for b in Backend])
-    chk.add_argument("--grad", help="MODULE:FUNCTION giving the gradient (when the backend has no autodiff)")
-    chk.add_argument("--dtypes", nargs="+", default=["float64", "float32"], choices=["float32", "float64"])
-    chk.add_argument("--json", help="also write the report to this JSON file")
+    _add_check(sub, [b.value for b in Backend])
     dem = sub.add_parser("demo", help="over-confidence demo: CE vs γ-CE vs TaiLr on digits with noisy labels "
                                       "(needs the demo extra)")
     dem.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.2, 0.4],

@@ -32,12 +32,34 @@ OPTIONAL = ("torch", "jax", "jaxlib", "optax", "dask", "distributed", "cupy", "s
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")]
 
+_INCLUDE = re.compile(r'^--8<-- "([^"]+)"$', re.M)
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<info>[^\n`]*)$")
 _SKIP = re.compile(r"^\s*<!--\s*snippet:\s*skip\s*:?\s*(?P<reason>.*?)\s*-->\s*$")
 
 
+def expand(code: str) -> str:
+    """``code`` with its include lines expanded as pymdownx.snippets does.
+
+    ``--8<-- "path"`` is the file; ``--8<-- "path:section"`` the lines between
+    its ``--8<-- [start:section]`` and ``--8<-- [end:section]`` markers.
+    """
+    def include(match):
+        path, _, section = match.group(1).partition(":")
+        lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
+        if section:
+            marks = [i for i, line in enumerate(lines) if f"--8<-- [start:{section}]" in line or
+                     f"--8<-- [end:{section}]" in line]
+            lines = lines[marks[0] + 1:marks[1]]
+        return "\n".join(lines)
+
+    return _INCLUDE.sub(include, code)
+
+
 def python_blocks(path):
-    """``[(line of the first code line, code, skip reason or None)]`` of the page's ``python`` fences."""
+    """``[(line of the first code line, code, skip reason or None)]`` of the page's ``python`` fences.
+
+    Include lines (``--8<-- "path[:section]"``) are expanded.
+    """
     lines = path.read_text(encoding="utf-8").splitlines()
     blocks, i = [], 0
     while i < len(lines):
@@ -52,7 +74,7 @@ def python_blocks(path):
         if info and info[0] in ("python", "py"):
             body = [line[len(indent):] if line.startswith(indent) else line.lstrip() for line in lines[i + 1:j]]
             marker = _SKIP.match(lines[i - 1]) if i > 0 else None
-            blocks.append((i + 2, "\n".join(body) + "\n", marker["reason"] if marker else None))
+            blocks.append((i + 2, expand("\n".join(body)) + "\n", marker["reason"] if marker else None))
         i = j + 1
     return blocks
 
@@ -104,5 +126,7 @@ def test_javascript_example_passes_the_golden_vectors_and_the_naive_one_fails():
 
 def test_the_snippets_the_docs_include_exist():
     for page in (ROOT / "docs").glob("*.md"):
-        for path in re.findall(r'--8<-- "([^"]+)"', page.read_text(encoding="utf-8")):
+        for spec in re.findall(r'--8<-- "([^"]+)"', page.read_text(encoding="utf-8")):
+            path, _, section = spec.partition(":")  # "file:section": the lines between its --8<-- markers
             assert (ROOT / path).is_file(), f"{page.name} includes {path}, which does not exist"
+            assert not section or f"--8<-- [start:{section}]" in (ROOT / path).read_text(encoding="utf-8"), spec
