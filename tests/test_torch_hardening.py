@@ -234,3 +234,24 @@ def test_out_of_memory_is_re_raised_and_does_not_turn_compilation_off(monkeypatc
         GT.gamma_ce(torch.zeros(2, 3), torch.tensor([0, 1]), 0.3)
     assert _kernel._compile_error == []  # the next call compiles as before
     assert _kernel.out_of_memory(exc) and not _kernel.out_of_memory(RuntimeError("no C++ compiler found"))
+
+
+# --------------------------------------------------------------------------- issue 16 item 3 (documented)
+
+
+def test_the_core_under_autograd_is_not_the_analytic_gradient_as_the_readme_says():
+    # The core has no autodiff rule (it is backend-blind): autograd through it differentiates TaiLr's W.
+    # README.md says so and points to the adapter, whose gradient is the analytic one.
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    assert "which is **not** the\nanalytic gradient" in readme
+    z = np.array([[1.0, 2.0, 0.5], [0.3, -1.0, 2.0]])
+    y = np.array([0, 2])
+    analytic = G.tailr_grad(z, y, 0.3, 0.1)
+    through_core = torch.tensor(z, requires_grad=True)
+    G.tailr(through_core, torch.tensor(y), 0.3, 0.1).backward()
+    adapter = torch.tensor(z, requires_grad=True)
+    GT.tailr(adapter, torch.tensor(y), 0.3, 0.1, compiled=False).backward()
+    np.testing.assert_allclose(adapter.grad.numpy(), analytic, rtol=1e-14)
+    assert np.abs(through_core.grad.numpy() - analytic).max() > 0.1 * np.abs(analytic).max()
