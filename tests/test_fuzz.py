@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gammace_ref as G
-from gammace_ref.testing import reference, regimes
+from gammace_ref.testing import metrics, reference, regimes
 
 EXAMPLES = 400
 TOL = regimes.TOLERANCE
@@ -85,7 +85,7 @@ def _reference(z, y, gamma, threshold, eps, reduction):
 def _grad_err(got, ref, dtype, slack):
     """Worst error of ``got`` against ``ref`` relative to ``max(|ref| + slack, tiny)``."""
     tiny = float(np.finfo(dtype).tiny)
-    r = regimes.to_float64(ref)
+    r = metrics.to_float64(ref)
     g = got.astype(np.float64)
     same = (g == r) | ((np.abs(g) < tiny) & (np.abs(r) < tiny))
     err = np.abs(g - r) / np.maximum(np.abs(r) + slack, tiny)
@@ -107,7 +107,7 @@ def test_the_core_against_mpmath(example):
     ref_l, ref_g = _reference(z, y, gamma, threshold, eps, reduction)
     assert loss.dtype == grad.dtype == z.dtype
     assert np.all(grad[y == IGNORE] == 0.0), "an ignored row's gradient must be exactly 0"
-    assert regimes.rel_err(loss, ref_l, dtype) <= TOL[dtype], (loss, ref_l)
+    assert metrics.rel_err(loss, ref_l, dtype) <= TOL[dtype], (loss, ref_l)
     # With smoothing, a component (k + ε)·p_j - ε/C is accurate relative to its larger term (≤ |ref| + 2ε·scale).
     scale = 1.0 if reduction != "mean" else 1.0 / max(1, int(np.sum(y != IGNORE)))
     slack = 2.0 * eps * scale

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gammace_ref as G
-from gammace_ref.testing import reference, regimes
+from gammace_ref.testing import metrics, reference, regimes
 
 TOL = regimes.TOLERANCE
 
@@ -49,9 +49,9 @@ def test_an_ignored_row_gets_an_exact_zero_gradient_whatever_it_holds(backend, r
     ref_l, ref_g = reference.batch(counted, [2, 0], 0.1, None, smoothing, reduction)
     ignored = len(GARBAGE)
     assert np.all(grad[:ignored] == 0.0)  # not NaN: exactly zero
-    assert regimes.rel_err(grad[ignored:], ref_g, "float64") <= TOL["float64"]
+    assert metrics.rel_err(grad[ignored:], ref_g, "float64") <= TOL["float64"]
     expected = [0.0] * ignored + ref_l if reduction == "none" else ref_l
-    assert regimes.rel_err(loss, expected, "float64") <= TOL["float64"]
+    assert metrics.rel_err(loss, expected, "float64") <= TOL["float64"]
 
 
 def test_the_issue_reproduction_of_item_2(backend):
@@ -82,8 +82,8 @@ def test_label_smoothing_does_not_overflow_before_its_scaling(backend, dtype, bi
     finite = np.array([float(v) < float(np.finfo(dtype).max) for v in ref_l])
     assert finite[0] or eps == 0.9  # at ε = 0.9 and the largest logits the true value overflows too
     assert np.array_equal(np.isfinite(loss), finite)  # inf exactly where the true value exceeds the dtype's max
-    assert regimes.rel_err(loss[finite], np.array(ref_l)[finite], dtype) <= TOL[dtype]
-    assert regimes.rel_err(grad, ref_g, dtype) <= TOL[dtype]
+    assert metrics.rel_err(loss[finite], np.array(ref_l)[finite], dtype) <= TOL[dtype]
+    assert metrics.rel_err(grad, ref_g, dtype) <= TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -96,8 +96,8 @@ def test_a_tiny_label_smoothing_is_exact_even_where_eps_over_c_underflows(backen
     ref_l, ref_g = reference.batch(z.astype(np.float64).tolist(), y.tolist(), 0.1, None, eps)
     # A -inf logit has p = 0: any ε > 0 makes the smoothing term ε/C·(-log 0) = +inf, the exact value.
     assert loss[0] == np.inf and mpmath.isinf(ref_l[0])
-    assert regimes.rel_err(loss, ref_l, dtype) <= TOL[dtype]
-    assert regimes.rel_err(grad, ref_g, dtype) <= TOL[dtype]
+    assert metrics.rel_err(loss, ref_l, dtype) <= TOL[dtype]
+    assert metrics.rel_err(grad, ref_g, dtype) <= TOL[dtype]
 
 
 # --------------------------------------------------------------------------- item 6: TaiLr, masked target, b = 0
@@ -204,8 +204,8 @@ def test_float32_keeps_2e_5_with_gamma_below_its_range(backend, gamma, tailr):
     fn = G.tailr_value_and_grad if tailr else G.gamma_ce_value_and_grad
     loss, grad = _vg(backend, fn, z, y, *args, reduction="none")
     ref_l, ref_g = reference.batch(z.astype(np.float64).tolist(), y.tolist(), gamma, 0.0 if tailr else None)
-    assert regimes.rel_err(loss, ref_l, "float32") <= TOL["float32"]
-    assert regimes.rel_err(grad, ref_g, "float32") <= TOL["float32"]
+    assert metrics.rel_err(loss, ref_l, "float32") <= TOL["float32"]
+    assert metrics.rel_err(grad, ref_g, "float32") <= TOL["float32"]
 
 
 @pytest.mark.parametrize("gamma", [1e-300, 1e-35])
@@ -217,8 +217,8 @@ def test_float32_tailr_keeps_2e_5_where_its_weight_is_subnormal(backend, gamma):
     y = np.ones(len(targets), dtype=np.int64)
     loss, grad = _vg(backend, G.tailr_value_and_grad, z, y, gamma, 0.0, reduction="none")
     ref_l, ref_g = reference.batch(z.astype(np.float64).tolist(), y.tolist(), gamma, 0.0)
-    assert regimes.rel_err(loss, ref_l, "float32") <= TOL["float32"]
-    assert regimes.rel_err(grad, ref_g, "float32") <= TOL["float32"]
+    assert metrics.rel_err(loss, ref_l, "float32") <= TOL["float32"]
+    assert metrics.rel_err(grad, ref_g, "float32") <= TOL["float32"]
 
 
 # --------------------------------------------------------------------------- item 9: argument edge cases
@@ -247,8 +247,8 @@ def test_label_smoothing_takes_a_0_d_array_like_gamma(value):
     z, y = np.array([[0.3, -1.0, 2.0]]), np.array([1])
     got = G.gamma_ce_value_and_grad(z, y, 0.2, label_smoothing=value)
     ref_l, ref_g = reference.batch(z.tolist(), [1], 0.2, None, float(value), "mean")
-    assert regimes.rel_err(got[0], ref_l, "float64") <= TOL["float64"]
-    assert regimes.rel_err(got[1], ref_g, "float64") <= TOL["float64"]
+    assert metrics.rel_err(got[0], ref_l, "float64") <= TOL["float64"]
+    assert metrics.rel_err(got[1], ref_g, "float64") <= TOL["float64"]
     with pytest.raises(ValueError, match="label_smoothing"):
         G.gamma_ce(z, y, 0.2, label_smoothing=np.array(1.0))
 
@@ -261,8 +261,8 @@ def test_a_traced_label_smoothing_under_jax_jit():
     for eps in (0.1, 0.0, 1e-300):
         loss, grad = run(z, y, np.float64(eps))
         ref_l, ref_g = reference.batch(z.tolist(), y.tolist(), 0.2, None, eps)
-        assert regimes.rel_err(np.asarray(loss), ref_l, "float64") <= TOL["float64"]  # ε = 0: no term, not 0·inf
-        assert regimes.rel_err(np.asarray(grad), ref_g, "float64") <= TOL["float64"]
+        assert metrics.rel_err(np.asarray(loss), ref_l, "float64") <= TOL["float64"]  # ε = 0: no term, not 0·inf
+        assert metrics.rel_err(np.asarray(grad), ref_g, "float64") <= TOL["float64"]
     assert np.all(np.isnan(run(z, y, np.float64(1.5))[0]))  # out of range and unreadable: NaN, not a number
 
 
