@@ -6,7 +6,7 @@
 # and the golden vectors, then the speed benchmarks (float32 and bfloat16,
 # with the bandwidth floor) and the hidden-states path at LM scale.
 # Results land in $OUT (default ./gpu-out): versions.txt, tests.log,
-# oracle-summary.json, conformance.json, bench-f32.json, bench-bf16.json,
+# oracle.json, conformance.json, bench-f32.json, bench-bf16.json,
 # linear.json.  On a machine without a GPU every GPU backend
 # skips with its reason and the run still completes.
 #
