@@ -2,6 +2,7 @@
 
     python benchmarks/linear_cuda.py                          # N = 8192, H = 4096, C = 128256, bfloat16
     python benchmarks/linear_cuda.py --n 4096 --json out.json
+    python benchmarks/linear_cuda.py --autocast          # float32 inputs under torch.autocast(bfloat16)
 
 One step is the loss and ``.backward()`` with respect to ``hidden`` (N × H)
 and ``weight`` (C × H).  Candidates, side by side in this process (warmed up,
@@ -13,6 +14,10 @@ then ``--repeats`` alternating rounds, medians):
 * ``fused``: ``gammace_ref.torch.linear_gamma_ce(h, W, y, 0.0)`` (chunks of
   the default memory budget; γ = 0, so both losses are the same
   cross-entropy: the table's last column checks that they agree).
+
+``--autocast``: ``hidden`` and ``weight`` are float32 (master weights) and
+both candidates run under ``torch.autocast("cuda", --dtype)``, as a
+``Trainer(bf16=True)`` step does.
 
 Peak extra memory: ``torch.cuda.max_memory_allocated`` during one step above
 what was allocated before it (inputs not counted, gradients included).
@@ -33,6 +38,7 @@ def main(argv=None):
     p.add_argument("--h", type=int, default=4096)
     p.add_argument("--c", type=int, default=128256)
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    p.add_argument("--autocast", action="store_true", help="float32 inputs under torch.autocast(--dtype)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json")
     args = p.parse_args(argv)
@@ -45,7 +51,8 @@ def main(argv=None):
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure", file=sys.stderr)
         return 0
-    dt = getattr(torch, args.dtype)
+    dt = torch.float32 if args.autocast else getattr(torch, args.dtype)
+    autocast = torch.autocast("cuda", dtype=getattr(torch, args.dtype), enabled=args.autocast)
     g = torch.Generator(device="cuda").manual_seed(0)
     h = (torch.randn(args.n, args.h, device="cuda", generator=g) / args.h ** 0.5).to(dt).requires_grad_()
     w = torch.randn(args.c, args.h, device="cuda", generator=g).to(dt).requires_grad_()
@@ -54,7 +61,8 @@ def main(argv=None):
     def step(loss_fn):
         def run():
             h.grad = w.grad = None
-            loss = loss_fn()
+            with autocast:
+                loss = loss_fn()
             loss.backward()
             return loss.detach()
         return run
@@ -83,13 +91,14 @@ def main(argv=None):
             torch.cuda.synchronize()
             times[k].append(start.elapsed_time(stop))
     med = {k: statistics.median(v) for k, v in times.items()}
-    rows = [dict(shape=f"N={args.n} H={args.h} C={args.c}", dtype=args.dtype, candidate=k,
+    label = f"{args.dtype} autocast" if args.autocast else args.dtype
+    rows = [dict(shape=f"N={args.n} H={args.h} C={args.c}", dtype=label, candidate=k,
                  median_ms=round(med[k], 2), ratio=round(med[k] / med[base], 3),
                  peak_extra_gib=round(peaks[k] / 2**30, 3), loss=losses[k]) for k in fns]
     report(rows, {"shape": "{}", "dtype": "{}", "candidate": "{}", "median ms": ("median_ms", "{:.1f}"),
                   "× materialised": ("ratio", "{:.2f}"), "peak extra GiB": ("peak_extra_gib", "{:.2f}"),
                   "loss": ("loss", "{:.6f}")},
-           args.json, repeats=args.repeats)
+           args.json, repeats=args.repeats, autocast=args.autocast)
     return 0
 
 
