@@ -286,12 +286,15 @@ class Shard(NamedTuple):
     """This process's slice ``[offset, offset + C_local)`` of ``n_classes`` (vocabulary parallelism).
 
     ``combine(partial, n_local) -> Partial``: the row statistics of all the
-    slices from this one's (all-reduces of O(N) values).
+    slices from this one's (all-reduces of O(N) values); ``sum_hidden(dh)``:
+    the gradient with respect to ``hidden``, summed over the slices (each
+    holds its classes' share).
     """
 
     offset: int
     n_classes: int
     combine: Callable
+    sum_hidden: Callable
 
 
 # --------------------------------------------------------------------------- the driver
@@ -319,7 +322,7 @@ def fused(a: _validation.CheckedLinear, *, need_grad: bool, cotangent=None, scan
     xp, h, w, b, y, opts = a.xp, a.h, a.w, a.b, a.y, a.options
     n, width = h.shape
     n_local = w.shape[0]
-    offset, n_classes, combine = (0, n_local, None) if shard is None else shard
+    offset, n_classes, combine = (0, n_local, None) if shard is None else shard[:3]
     dev, dtype = a.device, h.dtype
     eager = scan is None and not traced
     writable = eager and array_api_compat.is_writeable_array(h)
@@ -497,6 +500,8 @@ def fused(a: _validation.CheckedLinear, *, need_grad: bool, cotangent=None, scan
         return (out, summary) if stats else out
     if d_hidden is None:
         d_hidden = xp.concat(pieces, axis=0) if pieces else xp.zeros((n, width), dtype=dtype, device=dev)
+    if shard is not None:
+        d_hidden = shard.sum_hidden(d_hidden)
     if d_weight is None:  # no rows
         d_weight = xp.zeros(w.shape, dtype=dtype, device=dev)
         d_bias = None if b is None else xp.zeros((n_local,), dtype=dtype, device=dev)

@@ -113,13 +113,16 @@ def _tracing(*tensors):
     return torch.compiler.is_compiling() or any(t is not None and is_batched(t) for t in tensors)
 
 
-def _fused(hidden, weight, bias, targets, opts, sizes, compiled, *, need_grad, stats, cotangent=None):
+def _fused(hidden, weight, bias, targets, opts, sizes, compiled, *, need_grad, stats, cotangent=None, shard=None):
     traced = _tracing(hidden, weight, bias, targets, cotangent)
     a = _validation.check_linear(hidden, weight, bias, targets, opts, memory_budget=sizes[0], chunk_size=sizes[1],
                                  xp=xp)
     k = None if traced else kernels(a.device, compiled)
+    if shard is not None:  # no rank reads alone (the others would wait in a collective): after the all-reduces
+        k = (k or linear.core_kernels(xp, a.device, eager=False))._replace(checks=False)
     with torch.no_grad():
-        res = linear.fused(a, need_grad=need_grad, cotangent=cotangent, traced=traced, kernels=k, stats=stats)
+        res = linear.fused(a, need_grad=need_grad, cotangent=cotangent, traced=traced, kernels=k, stats=stats,
+                           shard=shard)
     return res if stats else (res, None)
 
 
@@ -137,9 +140,10 @@ class _Linear(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(hidden, weight, bias, targets, opts, sizes, compiled, stats):
+    def forward(hidden, weight, bias, targets, opts, sizes, compiled, stats, shard):
         per_row = opts.reduction == "none"
-        out, st = _fused(hidden, weight, bias, targets, opts, sizes, compiled, need_grad=not per_row, stats=stats)
+        out, st = _fused(hidden, weight, bias, targets, opts, sizes, compiled, need_grad=not per_row, stats=stats,
+                         shard=shard)
         if st is None:  # not asked for: NaN, never a plausible number
             st = tuple(torch.full((), torch.nan, dtype=out.loss.dtype, device=out.loss.device) for _ in range(4))
         grads = () if per_row else (out.hidden, out.weight, out.weight.new_zeros(()) if out.bias is None else out.bias)
@@ -147,8 +151,8 @@ class _Linear(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        hidden, weight, bias, targets, opts, sizes, compiled, _ = inputs
-        ctx.opts, ctx.sizes, ctx.compiled, ctx.has_bias = opts, sizes, compiled, bias is not None
+        hidden, weight, bias, targets, opts, sizes, compiled, _, shard = inputs
+        ctx.opts, ctx.sizes, ctx.compiled, ctx.shard, ctx.has_bias = opts, sizes, compiled, shard, bias is not None
         ctx.mark_non_differentiable(*output[1:])
         ctx.set_materialize_grads(False)
         if opts.reduction == "none":  # the backward pass runs the chunks again with the per-target cotangent
@@ -159,13 +163,13 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g, *_):
-        nothing = (None,) * 5
+        nothing = (None,) * 6
         if g is None:
             return (None,) * 3 + nothing
         if ctx.opts.reduction == "none":
             hidden, weight, bias, targets = ctx.saved_tensors
             out, _ = _fused(hidden, weight, bias if ctx.has_bias else None, targets, ctx.opts, ctx.sizes,
-                            ctx.compiled, need_grad=True, stats=False, cotangent=g)
+                            ctx.compiled, need_grad=True, stats=False, cotangent=g, shard=ctx.shard)
             grads = (out.hidden, out.weight, out.bias)
         else:
             grads = stored_times(ctx.saved_tensors, g)
@@ -173,8 +177,11 @@ class _Linear(torch.autograd.Function):
         return tuple(t if need else None for t, need in zip(grads, ctx.needs_input_grad[:3])) + nothing
 
 
-def run(hidden, weight, bias, targets, opts, memory_budget, chunk_size, compiled=True, return_stats=False):
-    """The loss (and, with ``return_stats``, its :class:`~gammace_ref._core.Stats`) of the hidden-states path."""
+def run(hidden, weight, bias, targets, opts, memory_budget, chunk_size, compiled=True, return_stats=False, shard=None):
+    """The loss (and, with ``return_stats``, its :class:`~gammace_ref._core.Stats`) of the hidden-states path.
+
+    ``shard``: this rank's slice of a vocabulary-parallel layer (:class:`gammace_ref.linear.Shard`).
+    """
     check_tensors([("hidden", hidden), ("weight", weight), ("bias", bias), ("targets", targets)])
     for name, flag in (("compiled", compiled), ("return_stats", return_stats)):
         if not isinstance(flag, bool):
@@ -182,10 +189,11 @@ def run(hidden, weight, bias, targets, opts, memory_budget, chunk_size, compiled
     sizes = (memory_budget, chunk_size)
     tracked = any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     if torch.is_grad_enabled() and tracked:
-        out = _Linear.apply(hidden, weight, bias, targets, opts, sizes, compiled, return_stats)
+        out = _Linear.apply(hidden, weight, bias, targets, opts, sizes, compiled, return_stats, shard)
         loss, st = out[0], _core.Stats(*out[1:5])
     else:
-        res, st = _fused(hidden, weight, bias, targets, opts, sizes, compiled, need_grad=False, stats=return_stats)
+        res, st = _fused(hidden, weight, bias, targets, opts, sizes, compiled, need_grad=False, stats=return_stats,
+                         shard=shard)
         loss = res.loss
     return (loss, st) if return_stats else loss
 
