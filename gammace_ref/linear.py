@@ -259,9 +259,11 @@ def core_kernels(xp, device, *, eager=True, writable=False) -> Kernels:
         valid, y_safe = _core.targets(xp, y, opts, n, device)
         plan = _execution.plan(xp, z, device, eager=eager)
         plan.locate(y_safe, n)
-        part = _core.block(xp, z, plan, False)
-        bad = _validation.bad_rows(xp, y, valid, part.top[..., 0], n, opts)
-        return _core.stats(xp, _core.finish(xp, part), valid, bad, opts, device)
+        top = xp.max(z, axis=-1, keepdims=True)
+        bad = _validation.bad_rows(xp, y, valid, top[..., 0], n, opts)
+        if eager and _validation.read_any(xp, bad):
+            _validation.raise_bad_rows(xp, y, valid, top[..., 0], n)
+        return _core.stats(xp, _core.finish(xp, _core.block(xp, z, plan, False, top)), valid, bad, opts, device)
 
     def block(z, y_safe, offset, n_classes, smoothing, top=None):
         plan = _execution.block(xp, device, offset=offset, n_classes=n_classes)
