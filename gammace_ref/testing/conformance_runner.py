@@ -1,7 +1,10 @@
-"""The runner of ``gammace-ref conformance``: the conformance suite (``conformance/``) under pytest, summarised.
+"""The runner of ``gammace-ref conformance``: the conformance suite under pytest, summarised.
 
-``gammace-ref conformance`` calls :func:`run`: pytest runs the suite (its
-progress line is the progress), a small plugin records every test's outcome,
+``gammace-ref conformance`` calls :func:`run`: pytest runs the suite shipped
+in the package (:mod:`gammace_ref.conformance`, found with
+:mod:`importlib.resources`, so it runs from an installed wheel in any
+directory) with the suite's own settings (``conformance.ini``: warnings are
+errors; the progress line is the progress), a small plugin records every test's outcome,
 its backend(s) (the ``backend`` / ``pair`` parameter) and the worst error it
 reported (``record_property("worst_rel_err", ...)``), and the result is a
 table with one row per backend and one column per check (the test module),
@@ -11,6 +14,7 @@ so two runs of the same code diff clean.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import sys
@@ -50,15 +54,23 @@ class _Collector:
 
 
 def find_suite(path=None) -> Path:
-    """The ``conformance/`` directory: ``path``, else ``./conformance``, else the checkout's."""
-    for cand in ([Path(path)] if path else [Path.cwd() / "conformance", Path(__file__).parents[2] / "conformance"]):
-        if (cand / "test_vectors.py").is_file():
-            return cand.resolve()
-    raise SystemExit("gammace-ref conformance: no conformance/ suite found (run it from a checkout of "
-                     "gammace_ref, or pass --suite DIR)")
+    """The suite's directory: ``path`` (a copy of the suite), else the one shipped in the package."""
+    if path is None:
+        suite = importlib.resources.files("gammace_ref.conformance")
+        if not isinstance(suite, Path):  # a zip import: pytest needs files on disk
+            raise SystemExit("gammace-ref conformance: the package is not installed as files "
+                             f"({suite!r}); install it from a wheel or a checkout")
+        return suite
+    suite = Path(path)
+    if not (suite / "test_vectors.py").is_file():
+        raise SystemExit(f"gammace-ref conformance: {suite} is not a copy of the conformance suite "
+                         "(no test_vectors.py in it)")
+    return suite.resolve()
 
 
 def run(backends=None, dtypes=None, suite=None, json_path=None, pytest_args=()) -> int:
+    """Run the suite (``GAMMACE_BACKENDS`` / ``GAMMACE_DTYPES`` from ``backends`` / ``dtypes``),
+    print the backend × check table, write the JSON report; returns pytest's exit status."""
     import pytest
 
     suite = find_suite(suite)
@@ -66,9 +78,10 @@ def run(backends=None, dtypes=None, suite=None, json_path=None, pytest_args=()) 
         os.environ["GAMMACE_BACKENDS"] = ",".join(backends)
     if dtypes:
         os.environ["GAMMACE_DTYPES"] = ",".join(dtypes)
+    ini = Path(importlib.resources.files("gammace_ref.conformance") / "conformance.ini")
     collector = _Collector()
-    code = pytest.main([str(suite), "-q", "-p", "no:cacheprovider", "--no-header", "-rN", *pytest_args],
-                       plugins=[collector])
+    code = pytest.main([str(suite), "-c", str(ini), "--rootdir", str(suite), "-q", "-p", "no:cacheprovider",
+                        "--no-header", "-rN", *pytest_args], plugins=[collector])
     status = {k.value: skip_reason(k) for k in Backend}
     print(_table(collector, status))
     if json_path:

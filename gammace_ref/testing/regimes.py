@@ -1,8 +1,12 @@
 """The hard numerical regimes, and the worst relative error of a backend on each.
 
 Every regime is a small batch of logit rows (class axis last) with targets,
-built for a dtype (``"float32"`` or ``"float64"``: "huge" logits are ±1e300
-in float64 and ±1e38 in float32).  :func:`expected` is a regime's loss and
+built for a dtype: ``"float64"``, ``"float32"``, ``"bfloat16"`` or
+``"float16"`` ("huge" logits are ±1e300 in float64, ±1e38 in float32 and
+bfloat16, ±6e4 in float16, whose range is ±65504).  The logits are the
+regime's values rounded once to the dtype (:func:`as_dtype_rows`; float16
+clips the finite values beyond its range to ±65504 first): the reference is
+exact for the rounded inputs the implementation receives.  :func:`expected` is a regime's loss and
 gradient from :mod:`gammace_ref.testing.reference` (mpmath, computed once per
 process); :func:`measure` runs gammace_ref on a backend over every regime × γ
 and compares value and every gradient component with it, by
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import metrics
+from . import formats, metrics
 
 GAMMAS = (0.0, 1e-7, 0.1, 0.5, 0.8, 1.0 - 1e-9, 1.0)
 TOLERANCE = {"float64": 1e-12, "float32": 2e-5}
@@ -34,7 +38,7 @@ class Regime:
 
 
 def _big(dtype: str) -> float:
-    return 1e300 if dtype == "float64" else 1e38
+    return {"float64": 1e300, "float16": 6e4}.get(dtype, 1e38)
 
 
 @functools.lru_cache(maxsize=8)
@@ -68,10 +72,16 @@ def regimes(dtype: str = "float64", large_c: int = 100_000):
 
 
 def as_dtype_rows(regime: Regime, dtype: str):
-    """The regime's logits as a NumPy array of ``dtype`` and the exact Python floats it holds."""
+    """The regime's logits as a NumPy array of ``dtype`` and the exact Python floats it holds.
+
+    For ``"bfloat16"`` the array is float32 holding bfloat16 values (NumPy
+    has no bfloat16; see :mod:`gammace_ref.testing.formats`).
+    """
     arr = np.asarray(regime.rows, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        arr = arr.astype(dtype)
+    if dtype == "float16":
+        top = formats.FORMATS["float16"].max
+        arr = np.where(np.isfinite(arr), np.clip(arr, -top, top), arr)
+    arr = formats.round_array(arr, dtype)
     return arr, [[float(v) for v in r] for r in arr]
 
 

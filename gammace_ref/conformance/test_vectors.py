@@ -1,7 +1,8 @@
 """The golden vectors: checked in as generated, and reproduced by every backend.
 
-``conformance/vectors/*.json`` (format: :mod:`gammace_ref.testing.vectors`)
-hold the regime battery with its mpmath answers.  These tests check that the
+``gammace_ref/conformance/vectors/*.json`` (format:
+:mod:`gammace_ref.testing.vectors`) hold the regime battery with its mpmath
+answers.  These tests check that the
 files are exactly what the generator writes, and that every backend computes
 each case's loss and gradient within ``regimes.TOLERANCE`` of them.
 """
@@ -17,7 +18,7 @@ import gammace_ref as G
 from gammace_ref.testing import metrics, regimes, vectors
 
 VECTORS = Path(__file__).parent / "vectors"
-REGENERATE = "run `gammace-ref vectors --out conformance/vectors` and commit the result"
+REGENERATE = "run `gammace-ref vectors --out gammace_ref/conformance/vectors --force` and commit the result"
 
 
 @functools.cache
@@ -28,7 +29,7 @@ def _cases(dtype):
 def test_checked_in_files_match_the_generator():
     expected = vectors.generate()
     present = sorted(p.name for p in VECTORS.glob("*.json"))
-    assert present == sorted(expected), f"conformance/vectors/*.json is not the generated set: {REGENERATE}"
+    assert present == sorted(expected), f"{VECTORS}/*.json is not the generated set: {REGENERATE}"
     stale = [name for name, text in expected.items() if (VECTORS / name).read_bytes() != text.encode("utf-8")]
     assert not stale, f"{', '.join(stale)} differ from the generator's output: {REGENERATE}"
 
