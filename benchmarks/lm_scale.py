@@ -100,7 +100,7 @@ def main(argv=None):
                 step(fn, h[:64].detach().requires_grad_(), w, y[:64])  # compile, first-call costs
                 gc.collect()
                 t0 = time.perf_counter()
-                peaks[name] = rss_peak_extra(lambda fn=fn: step(fn, h, w, y))
+                peaks[name] = rss_peak_extra(lambda fn=fn, h=h, w=w, y=y: step(fn, h, w, y))
                 times[name].append(time.perf_counter() - t0)
                 print(f"[{time.strftime('%H:%M:%S')}] C={c} {dtype_name} {name}: {times[name][-1]:.1f} s, "
                       f"peak extra {peaks[name] / 2**20:.0f} MiB", file=sys.stderr, flush=True)

@@ -79,7 +79,7 @@ def update_gap(model, ref, start):
 def test_gamma_zero_gives_the_update_of_transformers_own_loss(tmp_path, kind):
     """Accumulation off (4 × 1) and on (2 × 2), logits and hidden-states paths: the update of ForCausalLMLoss."""
     start = tiny(kind)
-    gaps = {}
+    gaps, first = {}, None
     for bs, ga in ((4, 1), (2, 2)):
         ref, _ = train(tmp_path, kind, None, bs=bs, ga=ga)  # transformers' own loss
         for path, loss in (("logits", hf.CausalLMLoss(0.0, compiled=False)),

@@ -17,7 +17,7 @@ import pytest
 from gammace_ref import _validation, linear
 from gammace_ref.testing import metrics, regimes
 
-from test_linear import TOL, assert_grads_match  # the materialised reference and its error bounds
+from test_linear import assert_grads_match  # the materialised reference and its error bounds
 
 # torch.compile (the torch adapter's compiled chunks) warns about its own internals on first use.
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning"),

@@ -1,6 +1,5 @@
 """gammace_ref.torch's hidden-states path: compiled chunks, autocast, torch.compile / torch.func, statistics."""
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed")

@@ -1,4 +1,6 @@
 # TaiLr in transformers' Trainer: the hidden-states path on the lm_head, a γ schedule, the statistics in the logs.
+import tempfile
+
 import torch
 import transformers
 
@@ -12,7 +14,7 @@ tokens = torch.randint(0, 1000, (64, 32))
 train = [{"input_ids": t, "labels": t} for t in tokens]  # -100 in labels: not counted (padding)
 
 loss = hf.CausalLMLoss(gamma=0.0, threshold=0.3, model=model)  # TaiLr; model=: no batch × seq × vocab logits
-args = transformers.TrainingArguments(output_dir="hf-out", max_steps=4, per_device_train_batch_size=8,
+args = transformers.TrainingArguments(output_dir=tempfile.mkdtemp(), max_steps=4, per_device_train_batch_size=8,
                                       gradient_accumulation_steps=2, logging_steps=1, report_to=[], use_cpu=True)
 trainer = transformers.Trainer(model=model, args=args, train_dataset=train, compute_loss_func=loss)
 hf.GammaCallback(loss, schedule=gammace_ref.gamma_schedule(0.0, 0.1, total_steps=4)).install(trainer)

@@ -27,4 +27,4 @@ for step in range(10):
 hidden = embed(inputs).flatten(0, 1)
 loss, stats = GT.linear_tailr(hidden, head.weight, labels.flatten(), 0.1, 0.3, ignore_index=-100, return_stats=True)
 loss.backward()
-print(f"loss {float(loss):.3f}", {k: round(v, 3) for k, v in stats.means().items()})
+print(f"loss {float(loss.detach()):.3f}", {k: round(v, 3) for k, v in stats.means().items()})
