@@ -45,6 +45,8 @@ SLOW_BACKENDS = ("dask", "jax.jit")
 SLOW = (
     "tests/test_torch_distributed.py::*",           # spawns 2 and 4 processes
     "tests/test_torch_distributed_linear.py::test_vocab_parallel_linear_equals_single_process",  # 2 processes
+    "tests/test_torch_linear.py::test_torch_compile_fullgraph[blocks]",  # compiles the block loop
+    "tests/test_linear_vocab.py::test_random_layers_equal_the_unsplit_path[jax-*",  # eager JAX, op by op
     "tests/test_dask_cluster.py::*",                # starts a dask.distributed LocalCluster
     "tests/test_sharded_jax.py::*",                 # a JAX subprocess with 4 host devices
     "tests/test_accuracy.py::test_regime_battery[*-huge_vocab]",  # C = 100000 against mpmath

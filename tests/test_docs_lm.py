@@ -23,12 +23,16 @@ def test_example_runs(name, needs, says, tmp_path, monkeypatch, capsys):
     assert says in capsys.readouterr().out
 
 
+
 def test_lm_guidance_table_is_the_scripts_output():
-    """The table in the page comes from docs/examples/lm_guidance.py (its JSON is kept beside it)."""
+    """The table in the page is docs/examples/lm_guidance.py's output (its JSON is kept beside it)."""
     import json
 
-    data = json.loads((EXAMPLES / "lm-guidance.json").read_text())
-    table = (EXAMPLES / "lm-guidance-table.md").read_text()
+    data = json.loads((EXAMPLES / "lm-guidance.json").read_text(encoding="utf-8"))
+    page = (EXAMPLES.parent / "language-models.md").read_text(encoding="utf-8")
     for run in data["runs"]:
-        row = next(line for line in table.splitlines() if line.startswith(f"| {run['label']} |"))
-        assert row.endswith(" | ".join(f"{h['eval_nll']:.2f}" for h in run["heldout"]) + " |")
+        row = next(line for line in page.splitlines() if line.startswith(f"| {run['label']} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+        assert [float(c.split()[0]) for c in cells] == [round(h["eval_nll"], 2) for h in run["heldout"]]
+        weights = [float(c.split("(")[1].rstrip(")")) for c in cells]
+        assert weights == pytest.approx([h["eval_mean_weight"] for h in run["heldout"]], rel=0.06, abs=1e-4)

@@ -123,14 +123,22 @@ def main(argv=None):
     print(f"tokens: {len(train_ids)} train, {len(heldout_ids)} held-out; <unk> {float((train_ids == 0).float().mean()):.3f}",
           file=sys.stderr)
     train, heldout = Blocks(train_ids, args.steps * 16), Blocks(heldout_ids, args.heldout_blocks)
-    runs = [run(*loss, train, heldout, args) for loss in LOSSES if not args.only or loss[0] in args.only]
-    meta = {"vocab": VOCAB, "seq": SEQ, "train_tokens": len(train_ids), "heldout_tokens": args.heldout_blocks * SEQ,
+    runs = []
+    for loss in LOSSES:
+        if args.only and loss[0] not in args.only:
+            continue
+        runs.append(run(*loss, train, heldout, args))
+        write(runs, args, len(train_ids))  # after every run: a stopped run keeps what it measured
+    print(table(runs))
+
+
+def write(runs, args, train_tokens):
+    meta = {"vocab": VOCAB, "seq": SEQ, "train_tokens": train_tokens, "heldout_tokens": args.heldout_blocks * SEQ,
             "steps": args.steps, "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
             "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
                          "transformers": transformers.__version__}}
     (args.out / "lm-guidance.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1) + "\n")
     (args.out / "lm-guidance-table.md").write_text(table(runs))
-    print(table(runs))
 
 
 if __name__ == "__main__":
