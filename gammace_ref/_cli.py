@@ -215,7 +215,8 @@ def main(argv=None) -> int:
              "(needs torch and matplotlib)")
     lm = dem_sub.add_parser("lm", help=about, description=about[0].upper() + about[1:] + ".")
     lm.add_argument("--quick", action="store_true",
-                    help="a smaller setting (3K training sequences, 1 seed): about 2 minutes on 2 cores")
+                    help="a smaller setting (1.5K training sentences, 4 epochs, 1 seed): a smoke test, "
+                         "about 2 minutes on 2 cores")
     lm.add_argument("--seeds", type=int, help="number of seeds (default: 3, or 1 with --quick)")
     lm.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
     lm.add_argument("--out", default="demo-lm-out", help="directory for the tables and figures (default: %(default)s)")

@@ -156,12 +156,13 @@ class Setting:
     patience: int = 3  # epochs without a better validation NLL before stopping
     ramp_epochs: int = 5  # the γ schedule reaches its end after this many epochs
     batch: int = 64  # sequences per batch (~1.4K tokens; the scripts: --max-tokens 4096)
+    temperatures: tuple = (0.9, 0.8, 0.7)  # the baseline (first loss) re-evaluated with logits / T
     oracle: OracleSpec = field(default_factory=OracleSpec)
 
 
 FULL = Setting("full", train=10_000, valid=5_000, test=10_000, samples=10_000)
-QUICK = Setting("quick", train=2_000, valid=500, test=1_000, samples=1_000, refs=200, perturb=200,
-                max_epochs=5, patience=2, ramp_epochs=2)
+QUICK = Setting("quick", train=1_500, valid=300, test=800, samples=800, refs=200, perturb=150,
+                max_epochs=4, patience=2, ramp_epochs=2, temperatures=(0.8,))
 
 
 @dataclass
@@ -263,11 +264,12 @@ def _pad(seqs, vocab, max_len):
     return inputs, targets
 
 
-def sequence_logprob(lm, seqs, spec: OracleSpec):
+def sequence_logprob(lm, seqs, spec: OracleSpec, temperature=1.0):
     """Exact ``log p(w1 … wn, EOS)`` of each word sequence under ``lm``, by teacher forcing (float64 sums).
 
-    The sum over the positions of ``log_softmax(logits)[target]``, the end
-    of the sequence included (after ``max_len`` words it has probability 1).
+    The sum over the positions of ``log_softmax(logits / temperature)[target]``,
+    the end of the sequence included (after ``max_len`` words it has
+    probability 1).
     """
     import torch
 
@@ -279,6 +281,8 @@ def sequence_logprob(lm, seqs, spec: OracleSpec):
             idx = order[start:start + EVAL_BATCH]
             inputs, targets = _pad([seqs[i] for i in idx], spec.vocab, spec.max_len)
             z, _ = _logits(lm, inputs)
+            if temperature != 1.0:
+                z = z / temperature
             tok = torch.log_softmax(z, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             tok = torch.where(targets != IGNORE, tok, 0.0)
             out[idx] = tok.double().sum(dim=1)
@@ -293,8 +297,8 @@ def _ppl(logprob, seqs):
     return math.exp(-float(logprob.sum()) / _tokens(seqs))
 
 
-def sample(lm, n, spec: OracleSpec, generator):
-    """``n`` word sequences drawn from ``lm`` (ancestral sampling, temperature 1) with a ``torch.Generator``."""
+def sample(lm, n, spec: OracleSpec, generator, temperature=1.0):
+    """``n`` word sequences drawn from ``lm`` (ancestral sampling) with a ``torch.Generator``."""
     import torch
 
     lm.eval()
@@ -311,6 +315,8 @@ def sample(lm, n, spec: OracleSpec, generator):
                     length[length < 0] = t
                     break
                 z, state = _logits(lm, tok, state, pos=t)
+                if temperature != 1.0:
+                    z = z / temperature
                 # inverse CDF (torch.multinomial is several times slower on the CPU at this size)
                 cdf = torch.cumsum(torch.softmax(z[:, 0], dim=-1), dim=-1)
                 u = torch.rand(b, 1, generator=generator) * cdf[:, -1:]
@@ -551,28 +557,33 @@ def _train(loss, init_state, data, setting, seed, tick):
 # --------------------------------------------------------------------------- evaluation
 
 
-def _evaluate(lm, oracle, data, setting, seed, oracle_pert):
-    """The paper's metrics for ``lm`` (the oracle itself when ``lm is oracle``)."""
+def _evaluate(lm, oracle, data, setting, seed, oracle_pert, temperature=1.0):
+    """The paper's metrics for ``lm`` (the oracle itself when ``lm is oracle``), its logits divided by ``temperature``.
+
+    ``oracle_pert=None``: no perturbation curves.
+    """
     import torch
 
     spec = setting.oracle
     test = data["test"]
     gen = torch.Generator().manual_seed(seed * 7919 + 41)
-    samples = sample(lm, setting.samples, spec, gen)
+    samples = sample(lm, setting.samples, spec, gen, temperature)
     refs = test[:setting.refs]
-    lp_test = sequence_logprob(lm, test, spec)
+    lp_test = sequence_logprob(lm, test, spec, temperature)
     lp_oracle = sequence_logprob(oracle, samples, spec)
-    curves = {}
-    for kind, levels in data["perturbed"].items():
-        curve = []
-        for k, seqs in enumerate(levels):
-            lp_model = oracle_pert[kind][k] if lm is oracle else sequence_logprob(lm, seqs, spec)
-            curve.append(float((lp_model - oracle_pert[kind][k]).mean()))
-        curves[kind] = curve
-    return {"ppl_oracle": _ppl(lp_oracle, samples), "ppl_test": _ppl(lp_test, test),
-            "bleu4": bleu(samples, refs), "self_bleu4": self_bleu(samples[:setting.refs]),
-            "sample_length": sum(map(len, samples)) / len(samples), "repeat_rate": _repeat_rate(samples),
-            "perturbation": curves}
+    out = {"ppl_oracle": _ppl(lp_oracle, samples), "ppl_test": _ppl(lp_test, test),
+           "bleu4": bleu(samples, refs), "self_bleu4": self_bleu(samples[:setting.refs]),
+           "sample_length": sum(map(len, samples)) / len(samples), "repeat_rate": _repeat_rate(samples)}
+    if oracle_pert is not None:
+        curves = {}
+        for kind, levels in data["perturbed"].items():
+            curve = []
+            for k, seqs in enumerate(levels):
+                lp_model = oracle_pert[kind][k] if lm is oracle else sequence_logprob(lm, seqs, spec)
+                curve.append(float((lp_model - oracle_pert[kind][k]).mean()))
+            curves[kind] = curve
+        out["perturbation"] = curves
+    return out
 
 
 def _repeat_rate(seqs):
@@ -643,6 +654,10 @@ def make_table(result, setting, losses=LOSSES):
         cells = [_fmt([r[key] for r in rs], d) for key, _, d in METRICS[:-1]]
         cells.append(_fmt([r["epochs"] for r in rs], 1) + " (" + _fmt([r["best_epoch"] for r in rs], 1) + ")")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        for temp in sorted({t for r in rs for t in r.get("temperature", {})}, key=float, reverse=True):
+            ts = [r["temperature"][temp] for r in rs if temp in r.get("temperature", {})]
+            cells = [_fmt([t[key] for t in ts], d) for key, _, d in METRICS[:4]]
+            lines.append(f"| *{name}, sampled at T = {temp}* | " + " | ".join(cells) + " | – | – |")
     lines += ["", f"Perturbation: mean log p_model − log p_oracle (nats per sequence) of held-out oracle "
                   f"sequences, clean (k = 0) and after k = {k} corruptions of each kind.", "",
               "| loss | clean | " + " | ".join(f"{p} ×{k}" for p in PERTURBATIONS) + " | "
@@ -689,7 +704,9 @@ def make_table(result, setting, losses=LOSSES):
                   f"(patience {setting.patience}, at most {setting.max_epochs} epochs); mean ± sd over "
                   f"{len(seeds)} seed(s) {seeds}; torch {torch.__version__}, {torch.get_num_threads()} "
                   "thread(s). Oracle row: the oracle's own samples scored like a model's (its valid NLL "
-                  "column is its entropy per token)."]
+                  f"column is its entropy per token). *{names[0] if names else ''}, sampled at T*: the same "
+                  "model with its logits divided by T, for its samples and for PPL_test alike (a cooler "
+                  "model, no training)."]
     return "\n".join(lines) + "\n"
 
 
@@ -711,8 +728,22 @@ def _plots(out, result, setting, losses):
         ax.scatter(x, y, s=14, alpha=0.45, color=colors[name])
         (mx, sx, _), (my, sy, _) = _mean_sd(x), _mean_sd(y)
         ax.errorbar([mx], [my], xerr=[sx], yerr=[sy], fmt="o", capsize=3, color=colors[name], label=name)
+    base = [r for r in runs if r["loss"] == names[0] and r.get("temperature")]
+    if base:
+        temps = sorted({t for r in base for t in r["temperature"]}, key=float, reverse=True)
+        xs = [_mean_sd([r["ppl_test"] for r in base])[0]]
+        ys = [_mean_sd([r["ppl_oracle"] for r in base])[0]]
+        for t in temps:
+            xs.append(_mean_sd([r["temperature"][t]["ppl_test"] for r in base])[0])
+            ys.append(_mean_sd([r["temperature"][t]["ppl_oracle"] for r in base])[0])
+        ax.plot(xs, ys, ":", marker="s", ms=4, color=colors[names[0]],
+                label=f"{names[0]} with logits / T, T = 1, " + ", ".join(temps))
+        for t, x, y in zip(temps, xs[1:], ys[1:]):
+            ax.annotate(f"T={t}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ox, oy = _mean_sd([r["ppl_test"] for r in result.oracle])[0], _mean_sd([r["ppl_oracle"] for r in result.oracle])[0]
     ax.scatter([ox], [oy], marker="*", s=160, color="black", label="oracle", zorder=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("PPL_test: the model's perplexity on held-out oracle text (coverage) ↓")
     ax.set_ylabel("PPL_oracle: the oracle's perplexity on the model's samples (quality) ↓")
     ax.set_title("Quality against coverage (points: seeds; bars: mean ± sd)", fontsize=10)
@@ -735,6 +766,7 @@ def _plots(out, result, setting, losses):
                     ls="--" if name != names[0] and "TaiLr" not in name else "-")
             ax.fill_between(ks, mean - sd, mean + sd, color=colors[name], alpha=0.15)
         ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xticks(ks[::max(1, len(ks) // 11)])
         ax.set_title({"repeat": "repeat a random token", "delete": "delete the last word",
                       "substitute": "substitute a random word"}[kind])
         ax.set_xlabel("number of corruptions k")
@@ -874,6 +906,11 @@ def run(setting: Setting = FULL, seeds=3, seed=0, out="demo-lm-out", losses=LOSS
             lm, info = _train(loss, init, data, setting, s, tick)
             bar.show(f"seed {s} {loss.name}: evaluating", advance=setting.max_epochs - info["epochs"])
             metrics = _evaluate(lm, oracle, data, setting, s, oracle_pert)
+            if loss == losses[0]:  # the baseline, cooled: logits / T
+                metrics["temperature"] = {}
+                for temp in setting.temperatures:
+                    bar.show(f"seed {s} {loss.name}: evaluating at temperature {temp:g}")
+                    metrics["temperature"][f"{temp:g}"] = _evaluate(lm, oracle, data, setting, s, None, temp)
             r = {"seed": s, "loss": loss.name, "kind": loss.kind, "gamma": loss.gamma, "threshold": loss.threshold,
                  **info, **metrics, "seconds": time.perf_counter() - t0}
             result.runs.append(r)
