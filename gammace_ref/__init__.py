@@ -10,13 +10,15 @@ Importing this package imports no array library beyond array-api-compat.
 from . import linear  # gammace_ref.linear: from hidden states, chunk by chunk
 from ._api import (
     gamma_ce,
+    gamma_ce_dlogp,
+    gamma_ce_from_logp,
     gamma_ce_grad,
     gamma_ce_value_and_grad,
     tailr,
     tailr_grad,
     tailr_value_and_grad,
+    tailr_weight,
 )
-from ._core import gamma_ce_dlogp, gamma_ce_from_logp, tailr_weight
 from ._schedule import gamma_schedule
 
 __version__ = "0.1.0"

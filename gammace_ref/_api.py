@@ -1,60 +1,42 @@
-r"""Public loss functions: thin wrappers over :func:`gammace_ref._core.value_and_grad`.
+r"""The public loss functions: validation, then the core, then the result in the caller's layout.
 
-Every loss function takes the arguments below (TaiLr's also ``threshold``,
-its ``b`` in [0, 1]).
-
-Parameters
-----------
-logits : array, real floating, shape (..., C, ...)
-    Unnormalised log-probabilities of any array-API library (NumPy, CuPy,
-    PyTorch, JAX, array-api-strict, ...).  float16/bfloat16 are computed in
-    float32.  Never modified.
-targets : array, integer, shape of logits without the class axis
-    Class indices in ``[0, C)``, or ``ignore_index``.
-gamma : float or 0-d array in [0, 1]
-    γ.  0 is cross-entropy; 1 is the continuous limit ``1 - p``.
-axis : int, default -1
-    The class axis (``1`` for torch's ``(N, C, d1, ...)`` layout).
-reduction : {"mean", "sum", "none"}, default "mean"
-    ``"none"`` returns one loss per target (shape of ``targets``; ignored
-    targets give 0).  ``"mean"`` averages over the counted (non-ignored)
-    targets; with none counted it returns 0 and a zero gradient.  Gradients
-    are those of the reduced value; for ``"none"`` that of the sum, so each
-    row holds the gradient of its own loss.
-ignore_index : int or None, default None
-    Targets equal to it count for nothing (no loss, no gradient, not in the
-    mean's denominator).  torch's default is -100; ours is None (every target
-    counts, and a negative target is an error).
-label_smoothing : float in [0, 1), default 0
-    ε.  Adds the uniform-target cross-entropy, unweighted, as torch's
-    ``label_smoothing`` and the official TaiLr criterion do:
-    ``(1-ε)·main + ε/C·Σ_j -log p_j``.
-
-Returns
--------
-loss : array
-    In the compute dtype (float32 for float16/bfloat16 logits), on the
-    logits' device: 0-d for "mean" and "sum", the shape of ``targets`` for
-    "none".
-grad : array
-    (the ``*_grad`` and ``*_value_and_grad`` functions) In ``logits.dtype``,
-    on the logits' device, in their layout.
+:func:`value_and_grad` is the one path every function here (and the torch
+adapter's eager path) takes: :func:`~gammace_ref._validation.check_logits`,
+:func:`~gammace_ref._core.compute` with the execution plan that suits the
+arrays, then :func:`finish` (name an invalid row where values can be read;
+the gradient back to the logits' layout and dtype).
 """
 
 from __future__ import annotations
 
-from . import _core
+from . import _core, _docs, _execution, _options, _validation
 
 
-def _run(logits, targets, gamma, threshold, tailr, need_grad, axis, reduction, ignore_index,
-         label_smoothing):
-    return _core.value_and_grad(logits, targets, gamma, threshold, tailr=tailr, need_grad=need_grad,
-                                axis=axis, reduction=reduction, ignore_index=ignore_index,
-                                label_smoothing=label_smoothing)
+def value_and_grad(logits, targets, opts: _options.Options, *, axis=-1, need_grad=True, xp=None, traced=False):
+    """Loss (reduced) and, if ``need_grad``, its gradient with respect to ``logits`` (else ``None``).
+
+    ``xp``: the namespace, when an adapter has checked the arrays' type;
+    ``traced``: a compiler is tracing the call (nothing may be read, nothing
+    written in place), which a library's own trace would not otherwise tell.
+    """
+    a = _validation.check_logits(logits, targets, opts, axis=axis, xp=xp)
+    plan = _execution.plan(a.xp, a.z, a.device, eager=not traced)
+    loss, grad, _ = _core.compute(a.xp, a.z, a.y, opts, need_grad=need_grad, plan=plan)
+    return loss, restore_layout(a, grad)
 
 
+def restore_layout(a: _validation.Checked, grad):
+    """Gradient from the compute layout (class axis last, compute dtype) to the logits' own (``None`` stays)."""
+    if grad is None:
+        return None
+    if a.axis != grad.ndim - 1:
+        grad = a.xp.moveaxis(grad, -1, a.axis)
+    return a.xp.astype(grad, a.out_dtype, copy=False)
+
+
+@_docs.shared("loss", "grad")
 def gamma_ce_value_and_grad(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None,
-                            label_smoothing=0.0):
+                            label_smoothing=0.0, where=None):
     r"""γ-cross-entropy and its exact gradient with respect to ``logits``.
 
     $$
@@ -63,10 +45,10 @@ def gamma_ce_value_and_grad(logits, targets, gamma, *, axis=-1, reduction="mean"
     w = \frac{p_y}{\gamma + (1-\gamma)\,p_y},
     $$
 
-    with ``p = softmax(z)`` along ``axis``.  Relative error ≤ 1e-12 (float64)
-    and ≤ 2e-5 (float32) against 60-digit mpmath in every regime, including
-    ``1 - p`` far below machine epsilon and ``log p ≪ -700``.  See the module
-    docstring of :mod:`gammace_ref._api` for the shared arguments.
+    with ``p = softmax(z)`` along ``axis``; γ = 0 is cross-entropy, γ = 1 the
+    limit ``1 - p``.  Relative error ≤ 1e-12 (float64) and ≤ 2e-5 (float32)
+    against 60-digit mpmath in every regime, including ``1 - p`` far below
+    machine epsilon and ``log p ≪ -700``.
 
     Examples
     --------
@@ -74,26 +56,36 @@ def gamma_ce_value_and_grad(logits, targets, gamma, *, axis=-1, reduction="mean"
     >>> from gammace_ref import gamma_ce_value_and_grad
     >>> z = np.array([[60.0, 0.0, 0.0]])       # p = 1 - 1.75e-26
     >>> loss, g = gamma_ce_value_and_grad(z, np.array([0]), 0.1)
-    >>> float(loss)                             # ≈ 1 - p, not 0
+    >>> print(f"{float(loss):.15e}")            # ≈ 1 - p, not 0
     1.751302152539304e-26
-    >>> float(g[0, 0])                          # -w·(1 - p), not 0
+    >>> print(f"{float(g[0, 0]):.15e}")         # -w·(1 - p), not 0
     -1.751302152539304e-26
     """
-    return _run(logits, targets, gamma, 0.0, False, True, axis, reduction, ignore_index, label_smoothing)
+    opts = _validation.options_of(locals())
+    return value_and_grad(logits, targets, opts, axis=axis)
 
 
-def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0):
-    """γ-cross-entropy loss; see :func:`gamma_ce_value_and_grad`."""
-    return _run(logits, targets, gamma, 0.0, False, False, axis, reduction, ignore_index, label_smoothing)[0]
+@_docs.shared("loss")
+def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0,
+             where=None):
+    """γ-cross-entropy ``-log(γ + (1-γ)p)/(1-γ)`` (no gradient work); see :func:`gamma_ce_value_and_grad`.
+    """
+    opts = _validation.options_of(locals())
+    return value_and_grad(logits, targets, opts, axis=axis, need_grad=False)[0]
 
 
-def gamma_ce_grad(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0):
-    """Gradient of :func:`gamma_ce` with respect to ``logits``; see :func:`gamma_ce_value_and_grad`."""
-    return _run(logits, targets, gamma, 0.0, False, True, axis, reduction, ignore_index, label_smoothing)[1]
+@_docs.shared("grad")
+def gamma_ce_grad(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0,
+                  where=None):
+    """Gradient ``w·(softmax - onehot)`` of :func:`gamma_ce` with respect to ``logits``.
+    """
+    return gamma_ce_value_and_grad(logits, targets, gamma, axis=axis, reduction=reduction,
+                                   ignore_index=ignore_index, label_smoothing=label_smoothing, where=where)[1]
 
 
+@_docs.shared("loss", "grad")
 def tailr_value_and_grad(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None,
-                         label_smoothing=0.0):
+                         label_smoothing=0.0, where=None):
     r"""TaiLr objective as the official criterion computes it, and its gradient.
 
     Per target, with the weight ``W = clip(w, b, 1)`` held constant
@@ -111,15 +103,72 @@ def tailr_value_and_grad(logits, targets, gamma, threshold, *, axis=-1, reductio
     ``W``); the gradient is the paper's.  ``b = 0`` gives exactly the
     :func:`gamma_ce` gradient; γ = 1, b = 0 is DFT's ``sg(p)·(-log p)``.
     """
-    return _run(logits, targets, gamma, threshold, True, True, axis, reduction, ignore_index, label_smoothing)
+    opts = _validation.options_of(locals())
+    return value_and_grad(logits, targets, opts, axis=axis)
 
 
-def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0):
-    """TaiLr surrogate loss; see :func:`tailr_value_and_grad`."""
-    return _run(logits, targets, gamma, threshold, True, False, axis, reduction, ignore_index, label_smoothing)[0]
+@_docs.shared("loss")
+def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0,
+          where=None):
+    """TaiLr surrogate ``clip(w, b, 1)·(-log p)`` (no gradient work); see :func:`tailr_value_and_grad`.
+    """
+    opts = _validation.options_of(locals())
+    return value_and_grad(logits, targets, opts, axis=axis, need_grad=False)[0]
 
 
+@_docs.shared("grad")
 def tailr_grad(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None,
-               label_smoothing=0.0):
-    """TaiLr gradient with respect to ``logits``; see :func:`tailr_value_and_grad`."""
-    return _run(logits, targets, gamma, threshold, True, True, axis, reduction, ignore_index, label_smoothing)[1]
+               label_smoothing=0.0, where=None):
+    """The paper's gradient ``clip(w, b, 1)·(softmax - onehot)``; see :func:`tailr_value_and_grad`.
+    """
+    return tailr_value_and_grad(logits, targets, gamma, threshold, axis=axis, reduction=reduction,
+                                ignore_index=ignore_index, label_smoothing=label_smoothing, where=where)[1]
+
+
+# --------------------------------------------------------------------------- on target log-probabilities
+
+
+def _logp_terms(logp, gamma):
+    """``(xp, L, w)`` of :func:`gammace_ref._core.gamma_terms` for ``log p``, with ``1 - p = -expm1(log p)``."""
+    xp, device = _validation.namespace([("logp", logp)])
+    _validation.real_floating(xp, "logp", logp)
+    gamma = _validation.unit_interval("gamma", gamma)
+    return (xp, *_core.gamma_terms(xp, logp, -xp.expm1(logp), gamma, device))
+
+
+@_docs.shared("value")
+def gamma_ce_from_logp(logp, gamma):
+    r"""γ-CE loss ``-log(γ + (1-γ)·p) / (1-γ)`` from target log-probabilities.
+
+    Exact in every regime because ``1 - p`` is taken as ``-expm1(log p)``;
+    γ = 1 gives the limit ``1 - p``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> float(gamma_ce_from_logp(np.asarray(-1e-20), 0.5))  # 1 - p = 1e-20
+    1e-20
+    """
+    return _logp_terms(logp, gamma)[1]
+
+
+@_docs.shared("value")
+def gamma_ce_dlogp(logp, gamma):
+    r"""Derivative of the γ-CE loss with respect to ``log p``: ``-w``, ``w = p/(γ + (1-γ)p)``.
+
+    Chain it with your own ``d log p / d θ``; for logits the result is
+    ``w·(softmax - onehot)``.
+    """
+    return -_logp_terms(logp, gamma)[2]
+
+
+@_docs.shared("value")
+def tailr_weight(logp, gamma, threshold=0.0):
+    r"""TaiLr token weight ``clip(p/(γ + (1-γ)p), b, 1)`` from ``log p``.
+
+    The official criterion multiplies the NLL by this weight held constant
+    (stop-gradient); ``threshold = b = 0`` gives the γ-CE weight ``w``.
+    """
+    b = _validation.unit_interval("threshold", threshold)
+    xp, _, w = _logp_terms(logp, gamma)
+    return xp.clip(w, b, 1.0)

@@ -9,7 +9,6 @@ style of optax schedules.
 from __future__ import annotations
 
 import math
-import numbers
 
 from . import _validation
 
@@ -48,8 +47,7 @@ def gamma_schedule(start=0.0, end=1.0, *, total_steps, warmup_steps=0, kind="lin
     if not isinstance(start, float) or not isinstance(end, float):
         raise TypeError("start and end must be concrete numbers, not traced arrays")
     for name, v in (("total_steps", total_steps), ("warmup_steps", warmup_steps)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+        _validation.integer(name, v)
     if total_steps <= 0:
         raise ValueError(f"total_steps must be > 0, got {total_steps}")
     if not 0 <= warmup_steps <= total_steps:
@@ -59,8 +57,7 @@ def gamma_schedule(start=0.0, end=1.0, *, total_steps, warmup_steps=0, kind="lin
     ramp = total_steps - warmup_steps
 
     def schedule(step):
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
-            raise TypeError(f"step must be an int, got {type(step).__name__} {step!r}")
+        _validation.integer("step", step)
         if kind == "constant" or step <= warmup_steps:
             return start
         if step >= total_steps:

@@ -49,6 +49,7 @@ import numpy as np
 
 from ._api import gamma_ce, gamma_ce_value_and_grad, tailr_value_and_grad
 from ._schedule import gamma_schedule
+from ._validation import positive_int
 
 __all__ = ["LOSSES", "DemoResult", "Loss", "expected_calibration_error", "run"]
 
@@ -342,10 +343,7 @@ def run(noise=NOISE, seeds=SEEDS, seed=0, epochs=EPOCHS, out="demo-out", losses=
     noise = tuple(float(eta) for eta in noise)
     if not noise or any(not 0.0 <= eta < 0.9 for eta in noise):
         raise ValueError(f"noise levels must be in [0, 0.9), got {noise}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be an int >= 1, got {seeds!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    seeds, epochs = positive_int("seeds", seeds), positive_int("epochs", epochs)
     try:
         import sklearn  # noqa: F401
         if plots:

@@ -24,123 +24,124 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _core, _validation, linear
+from . import _api, _docs, _options, _validation, linear
 
 __all__ = ["gamma_ce", "linear_gamma_ce", "linear_tailr", "tailr"]
 
 
-# `scalars`: (gamma, threshold), each a traced 0-d array or None; `static`:
-# (gamma, threshold, ...) with the Python numbers in place of the Nones.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _loss(logits, targets, scalars, static):
-    return _fwd(logits, targets, scalars, static)[0]
+# Each custom_vjp takes the options split (Options.split): the arrays among
+# them (a traced γ) as `operands`, the rest as the hashable `static`.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _loss(logits, targets, operands, static, axis):
+    return _fwd(logits, targets, operands, static, axis)[0]
 
 
-def _fwd(logits, targets, scalars, static):
+def _fwd(logits, targets, operands, static, axis):
     # NumPy arrays reach here as they are (jax.grad of a NumPy input hands the fwd rule its primal).
-    logits, targets = (jnp.asarray(a) if isinstance(a, np.ndarray) else a for a in (logits, targets))
-    gamma, threshold = (s if s is not None else v for s, v in zip(scalars, static[:2]))
-    tailr, axis, reduction, ignore_index, label_smoothing = static[2:]
-    loss, grad = _core.value_and_grad(logits, targets, gamma, threshold, tailr=tailr, need_grad=True, axis=axis,
-                                      reduction=reduction, ignore_index=ignore_index,
-                                      label_smoothing=label_smoothing)
-    return loss, (grad, targets, scalars)
+    logits, targets = _as_jax(logits, targets)
+    loss, grad = _api.value_and_grad(logits, targets, _options.Options.join(static, operands), axis=axis)
+    return loss, (grad, targets, operands)
 
 
-def _bwd(static, res, g):
-    grad, targets, scalars = res
-    axis, reduction = static[3:5]
-    if reduction == "none":
+def _bwd(static, axis, res, g):
+    grad, targets, operands = res
+    if static.reduction == "none":
         g = jnp.expand_dims(g, axis % grad.ndim)
-    zero = functools.partial(jax.tree_util.tree_map, _zero_cotangent)
-    return (grad * g.astype(grad.dtype), *zero((targets, scalars)))
-
-
-def _zero_cotangent(x):
-    x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        return jnp.zeros_like(x)
-    return jnp.zeros(x.shape, dtype=jax.dtypes.float0)
+    return (grad * g.astype(grad.dtype), *_zero_cotangents(targets, operands))
 
 
 _loss.defvjp(_fwd, _bwd)
 
 
-def _call(logits, targets, gamma, threshold, *static):
-    # Arrays (also NumPy's) become operands of the custom_vjp (traced under jit);
-    # anything else stays a static Python value, which the core checks (in double).
-    traced = [jnp.asarray(v) if _validation._is_array(v) else None for v in (gamma, threshold)]
-    fixed = [None if t is not None else v for t, v in zip(traced, (gamma, threshold))]
-    return _loss(logits, targets, tuple(traced), (*fixed, *static))
+def _as_jax(*arrays):
+    return [jnp.asarray(a) if isinstance(a, np.ndarray) else a for a in arrays]
 
 
-def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0):
-    """γ-CE loss of :func:`gammace_ref.gamma_ce`, differentiable with the exact analytic gradient."""
-    return _call(logits, targets, gamma, 0.0, False, axis, reduction, ignore_index, label_smoothing)
+def _zero_cotangents(*trees):
+    """Zero cotangents for the non-differentiated inputs (``float0`` for integer ones)."""
+    def zero(x):
+        x = jnp.asarray(x)
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            return jnp.zeros_like(x)
+        return jnp.zeros(x.shape, dtype=jax.dtypes.float0)
+
+    return jax.tree_util.tree_map(zero, trees)
 
 
+def _call(fn, arrays, opts, *static_args):
+    # Arrays among the options (a traced γ) become operands of the custom_vjp;
+    # the Python numbers stay static (checked by the validator, in double).
+    static, operands = opts.split()
+    operands = tuple(None if v is None else jnp.asarray(v) for v in operands)
+    return fn(*arrays, operands, static, *static_args)
+
+
+@_docs.shared("loss")
+def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0, where=None):
+    """γ-CE loss of :func:`gammace_ref.gamma_ce`, differentiable with the exact analytic gradient.
+    """
+    opts = _validation.options_of(locals())
+    return _call(_loss, (logits, targets), opts, axis)
+
+
+@_docs.shared("loss")
 def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignore_index=None,
-          label_smoothing=0.0):
-    """TaiLr objective of :func:`gammace_ref.tailr`, differentiable with the paper's gradient."""
-    return _call(logits, targets, gamma, threshold, True, axis, reduction, ignore_index, label_smoothing)
+          label_smoothing=0.0, where=None):
+    """TaiLr objective of :func:`gammace_ref.tailr`, differentiable with the paper's gradient.
+    """
+    opts = _validation.options_of(locals())
+    return _call(_loss, (logits, targets), opts, axis)
 
 
 # --------------------------------------------------------------------------- from hidden states
-# `static`: (gamma, threshold, tailr, reduction, ignore_index, label_smoothing, memory_budget, chunk_size)
-# with None for a traced gamma / threshold (then in `scalars`).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _linear_loss(hidden, weight, bias, targets, scalars, static):
-    return _linear_fwd(hidden, weight, bias, targets, scalars, static)[0]
+# `sizes`: (memory_budget, chunk_size).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _linear_loss(hidden, weight, bias, targets, operands, static, sizes):
+    return _linear_fwd(hidden, weight, bias, targets, operands, static, sizes)[0]
 
 
-def _linear_args(arrays, scalars, static):
-    arrays = [jnp.asarray(a) if isinstance(a, np.ndarray) else a for a in arrays]
-    gamma, threshold = (s if s is not None else v for s, v in zip(scalars, static[:2]))
-    return arrays, (gamma, threshold, static[2])
+def _linear_run(arrays, operands, static, sizes, **kw):
+    memory_budget, chunk_size = sizes
+    return linear.run(*_as_jax(*arrays), _options.Options.join(static, operands), memory_budget=memory_budget,
+                      chunk_size=chunk_size, scan=jax.lax.scan, **kw)
 
 
-def _linear_fwd(hidden, weight, bias, targets, scalars, static):
-    (hidden, weight, bias, targets), head = _linear_args((hidden, weight, bias, targets), scalars, static)
-    if static[3] == "none":  # the backward pass runs the chunks again with the per-target cotangent
-        loss = linear._run(hidden, weight, bias, targets, *head, False, *static[3:], scan=jax.lax.scan).loss
-        return loss, (hidden, weight, bias, targets, scalars)
-    out = linear._run(hidden, weight, bias, targets, *head, True, *static[3:], scan=jax.lax.scan)
-    return out.loss, (out.hidden, out.weight, out.bias, targets, scalars)
+def _linear_fwd(hidden, weight, bias, targets, operands, static, sizes):
+    arrays = (hidden, weight, bias, targets)
+    if static.reduction == "none":  # the backward pass runs the chunks again with the per-target cotangent
+        return _linear_run(arrays, operands, static, sizes, need_grad=False).loss, (*arrays, operands)
+    out = _linear_run(arrays, operands, static, sizes)
+    return out.loss, (out.hidden, out.weight, out.bias, targets, operands)
 
 
-def _linear_bwd(static, res, g):
-    zero = functools.partial(jax.tree_util.tree_map, _zero_cotangent)
-    if static[3] == "none":
-        (hidden, weight, bias, targets), head = _linear_args(res[:4], res[4], static)
-        out = linear._run(hidden, weight, bias, targets, *head, True, *static[3:], cotangent=g, scan=jax.lax.scan)
+def _linear_bwd(static, sizes, res, g):
+    if static.reduction == "none":
+        out = _linear_run(res[:4], res[4], static, sizes, cotangent=g)
         grads = (out.hidden, out.weight, out.bias)
     else:
         grads = tuple(None if t is None else t * g.astype(t.dtype) for t in res[:3])
-    return (*grads, *zero((res[3], res[4])))
+    return (*grads, *_zero_cotangents(res[3], res[4]))
 
 
 _linear_loss.defvjp(_linear_fwd, _linear_bwd)
 
 
-def _linear_call(hidden, weight, bias, targets, gamma, threshold, *static):
-    traced = [jnp.asarray(v) if _validation._is_array(v) else None for v in (gamma, threshold)]
-    fixed = [None if t is not None else v for t, v in zip(traced, (gamma, threshold))]
-    return _linear_loss(hidden, weight, bias, targets, tuple(traced), (*fixed, *static))
-
-
+@_docs.shared("loss")
 def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mean", ignore_index=None,
-                    label_smoothing=0.0, memory_budget=None, chunk_size=None):
+                    label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
     """γ-CE of ``hidden @ weight.T + bias``, differentiable in ``hidden``, ``weight`` and ``bias``.
 
     Computed chunk by chunk by :mod:`gammace_ref.linear` (no N×C logits);
     works under ``jit`` and ``grad``.
     """
-    return _linear_call(hidden, weight, bias, targets, gamma, 0.0, False, reduction, ignore_index, label_smoothing,
-                        memory_budget, chunk_size)
+    opts = _validation.options_of(locals())
+    return _call(_linear_loss, (hidden, weight, bias, targets), opts, (memory_budget, chunk_size))
 
 
+@_docs.shared("loss")
 def linear_tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="mean", ignore_index=None,
-                 label_smoothing=0.0, memory_budget=None, chunk_size=None):
-    """TaiLr objective of ``hidden @ weight.T + bias`` with the paper's gradient, chunk by chunk."""
-    return _linear_call(hidden, weight, bias, targets, gamma, threshold, True, reduction, ignore_index,
-                        label_smoothing, memory_budget, chunk_size)
+                 label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
+    """TaiLr objective of ``hidden @ weight.T + bias`` with the paper's gradient, chunk by chunk.
+    """
+    opts = _validation.options_of(locals())
+    return _call(_linear_loss, (hidden, weight, bias, targets), opts, (memory_budget, chunk_size))

@@ -39,15 +39,17 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
-from . import _core, _validation
+from . import _core, _docs, _execution, _options, _validation
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "TEMPORARIES",
     "LinearGrads",
     "chunk_rows",
+    "chunk_size",
     "gamma_ce",
     "gamma_ce_value_and_grad",
+    "run",
     "tailr",
     "tailr_value_and_grad",
 ]
@@ -82,8 +84,9 @@ def chunk_rows(n_classes: int, itemsize: int, memory_budget: int | None = None) 
     return max(1, budget // (TEMPORARIES * n_classes * itemsize))
 
 
+@_docs.shared("linear")
 def gamma_ce_value_and_grad(hidden, weight, targets, gamma, *, bias=None, reduction="mean", ignore_index=None,
-                            label_smoothing=0.0, memory_budget=None, chunk_size=None) -> LinearGrads:
+                            label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None) -> LinearGrads:
     """γ-CE of ``hidden @ weight.T + bias`` and its gradients, chunk by chunk.
 
     Same value and gradient as :func:`gammace_ref.gamma_ce_value_and_grad` on
@@ -103,40 +106,56 @@ def gamma_ce_value_and_grad(hidden, weight, targets, gamma, *, bias=None, reduct
     >>> bool(np.isclose(out.loss, loss, rtol=1e-14)) and np.allclose(out.weight, g.T @ h, rtol=1e-13)
     True
     """
-    return _run(hidden, weight, bias, targets, gamma, 0.0, False, True, reduction, ignore_index, label_smoothing,
-                memory_budget, chunk_size)
+    opts = _validation.options_of(locals())
+    return run(hidden, weight, bias, targets, opts, memory_budget=memory_budget, chunk_size=chunk_size)
 
 
+@_docs.shared("linear")
 def tailr_value_and_grad(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="mean",
-                         ignore_index=None, label_smoothing=0.0, memory_budget=None, chunk_size=None) -> LinearGrads:
-    """TaiLr objective of ``hidden @ weight.T + bias`` and its (the paper's) gradients, chunk by chunk."""
-    return _run(hidden, weight, bias, targets, gamma, threshold, True, True, reduction, ignore_index,
-                label_smoothing, memory_budget, chunk_size)
+                         ignore_index=None, label_smoothing=0.0, where=None, memory_budget=None,
+                         chunk_size=None) -> LinearGrads:
+    """TaiLr objective of ``hidden @ weight.T + bias`` and its (the paper's) gradients, chunk by chunk.
+    """
+    opts = _validation.options_of(locals())
+    return run(hidden, weight, bias, targets, opts, memory_budget=memory_budget, chunk_size=chunk_size)
 
 
+@_docs.shared("loss")
 def gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mean", ignore_index=None,
-             label_smoothing=0.0, memory_budget=None, chunk_size=None):
-    """γ-CE loss only (no gradient work), chunk by chunk; see :func:`gamma_ce_value_and_grad`."""
-    return _run(hidden, weight, bias, targets, gamma, 0.0, False, False, reduction, ignore_index, label_smoothing,
-                memory_budget, chunk_size).loss
+             label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
+    """γ-CE loss only (no gradient work), chunk by chunk; see :func:`gamma_ce_value_and_grad`.
+    """
+    opts = _validation.options_of(locals())
+    return run(hidden, weight, bias, targets, opts, need_grad=False, memory_budget=memory_budget,
+               chunk_size=chunk_size).loss
 
 
+@_docs.shared("loss")
 def tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="mean", ignore_index=None,
-          label_smoothing=0.0, memory_budget=None, chunk_size=None):
-    """TaiLr loss only, chunk by chunk; see :func:`tailr_value_and_grad`."""
-    return _run(hidden, weight, bias, targets, gamma, threshold, True, False, reduction, ignore_index,
-                label_smoothing, memory_budget, chunk_size).loss
+          label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
+    """TaiLr loss only, chunk by chunk; see :func:`tailr_value_and_grad`.
+    """
+    opts = _validation.options_of(locals())
+    return run(hidden, weight, bias, targets, opts, need_grad=False, memory_budget=memory_budget,
+               chunk_size=chunk_size).loss
 
 
-def _run(hidden, weight, bias, targets, gamma, threshold, tailr, need_grad, reduction, ignore_index,
-         label_smoothing, memory_budget, chunk_size, cotangent=None, scan=None):
-    a = _validation.check_linear(hidden, weight, bias, targets, gamma, threshold, reduction=reduction,
-                                 ignore_index=ignore_index, label_smoothing=label_smoothing,
-                                 memory_budget=memory_budget, chunk_size=chunk_size, rows_for_budget=chunk_rows)
-    return fused(a, tailr=tailr, need_grad=need_grad, cotangent=cotangent, scan=scan)
+def chunk_size(a: _validation.CheckedLinear) -> int:
+    """Rows per chunk: ``a.chunk_size``, else what ``a.memory_budget`` allows (:func:`chunk_rows`), at most N."""
+    n, n_classes = a.h.shape[0], a.w.shape[0]
+    rows = a.chunk_size or chunk_rows(n_classes, a.xp.finfo(a.h.dtype).bits // 8, a.memory_budget)
+    return min(rows, max(n, 1))
 
 
-def fused(a: _validation.CheckedLinear, *, tailr: bool, need_grad: bool, cotangent=None, scan=None) -> LinearGrads:
+def run(hidden, weight, bias, targets, opts: _options.Options, *, need_grad=True, memory_budget=None, chunk_size=None,
+        cotangent=None, scan=None, xp=None) -> LinearGrads:
+    """Validate, then :func:`fused` (the path every function here and the adapters take)."""
+    a = _validation.check_linear(hidden, weight, bias, targets, opts, memory_budget=memory_budget,
+                                 chunk_size=chunk_size, xp=xp)
+    return fused(a, need_grad=need_grad, cotangent=cotangent, scan=scan)
+
+
+def fused(a: _validation.CheckedLinear, *, need_grad: bool, cotangent=None, scan=None) -> LinearGrads:
     """The chunked computation on validated inputs (for the adapters).
 
     ``cotangent`` (``reduction="none"`` only): per-target weights of the
@@ -149,26 +168,28 @@ def fused(a: _validation.CheckedLinear, *, tailr: bool, need_grad: bool, cotange
     value is read, so a row with a non-finite logits maximum becomes NaN
     instead of raising.
     """
-    xp, h, w, b, y = a.xp, a.h, a.w, a.b, a.y
+    xp, h, w, b, y, opts = a.xp, a.h, a.w, a.b, a.y, a.options
     n, width = h.shape
     n_classes = w.shape[0]
-    dev, dtype, cs = a.device, h.dtype, a.chunk_size
-    valid = (y != a.ignore_index) if a.ignore_index is not None else xp.ones(y.shape, dtype=xp.bool, device=dev)
+    dev, dtype = a.device, h.dtype
+    cs = chunk_size(a)
+    valid, _ = _core.targets(xp, y, opts, n_classes, dev)
     # Targets out of range raise here, with their index in the whole batch
     # (traced: the core makes their rows NaN, chunk by chunk).
-    _validation.row_checks(xp, y, valid, xp.zeros(y.shape, dtype=dtype, device=dev), n_classes)
+    if scan is None and _validation.read_any(xp, valid & ((y < 0) | (y >= n_classes))):
+        _validation.raise_bad_rows(xp, y, valid, xp.zeros(y.shape, dtype=dtype, device=dev), n_classes)
     # The mean's 1/count (a mean over nothing is 0), applied to the chunk's
     # small results rather than to its logits gradient.
     scale = None
-    if a.reduction == "mean":
+    if opts.reduction == "mean":
         scale = 1.0 / xp.clip(xp.sum(xp.astype(valid, dtype)), 1.0, None)
     if cotangent is not None:
         cotangent = xp.reshape(xp.astype(cotangent, dtype), (n,))
-    core_reduction = "none" if a.reduction == "none" else "sum"
+    chunk_opts = opts.replace(reduction="none" if opts.reduction == "none" else "sum")
     writable = scan is None and array_api_compat.is_writeable_array(h)
     wt = w.T
 
-    def step(h_c, y_c, c_c, start):
+    def step(h_c, y_c, where_c, c_c, start):
         """One chunk: its loss and its shares of the three gradients."""
         z = xp.matmul(h_c, wt)
         if b is not None:
@@ -177,12 +198,11 @@ def fused(a: _validation.CheckedLinear, *, tailr: bool, need_grad: bool, cotange
             else:
                 z = z + b
         try:
-            loss_c, g = _core.compute(xp, z, y_c, a.gamma, a.threshold, tailr=tailr, need_grad=need_grad,
-                                      reduction=core_reduction, ignore_index=a.ignore_index,
-                                      label_smoothing=a.label_smoothing, device=dev)
+            loss_c, g, _ = _core.compute(xp, z, y_c, chunk_opts.replace(where=where_c), need_grad=need_grad,
+                                         plan=_execution.plan(xp, z, dev, eager=scan is None))
         except ValueError as exc:
-            where = "a chunk" if start is None else f"the chunk of rows {start} to {start + h_c.shape[0] - 1}"
-            raise ValueError(f"in {where} of the flattened batch (logits = hidden @ weight.T + bias): {exc}") from None
+            raise ValueError(f"in the chunk of rows {start} to {start + h_c.shape[0] - 1} of the flattened "
+                             f"batch (logits = hidden @ weight.T + bias): {exc}") from None
         del z
         if not need_grad:
             return loss_c, None, None, None
@@ -207,7 +227,7 @@ def fused(a: _validation.CheckedLinear, *, tailr: bool, need_grad: bool, cotange
         k = n // cs
         start = done = k * cs
         xs = (xp.reshape(h[:start, ...], (k, cs, width)), xp.reshape(y[:start], (k, cs)),
-              None if cotangent is None else xp.reshape(cotangent[:start], (k, cs)))
+              *(None if v is None else xp.reshape(v[:start], (k, cs)) for v in (opts.where, cotangent)))
 
         def body(carry, x):
             loss_c, dh_c, dw_c, db_c = step(*x, start=None)
@@ -219,13 +239,14 @@ def fused(a: _validation.CheckedLinear, *, tailr: bool, need_grad: bool, cotange
             xp.zeros(w.shape, dtype=dtype, device=dev),
             None if b is None else xp.zeros((n_classes,), dtype=dtype, device=dev))
         (d_weight, d_bias), (stacked_loss, stacked_dh) = scan(body, init, xs)
-        losses.append(xp.reshape(stacked_loss, (start,)) if a.reduction == "none" else xp.sum(stacked_loss))
+        losses.append(xp.reshape(stacked_loss, (start,)) if opts.reduction == "none" else xp.sum(stacked_loss))
         if need_grad:
             pieces.append(xp.reshape(stacked_dh, (start, width)))
     for start in range(done, n, cs):
         stop = min(start + cs, n)
         loss_c, dh_c, dw_c, db_c = step(h[start:stop, ...], y[start:stop],
-                                        None if cotangent is None else cotangent[start:stop], start)
+                                        *(None if v is None else v[start:stop] for v in (opts.where, cotangent)),
+                                        start)
         losses.append(loss_c)
         if not need_grad:
             continue
@@ -265,7 +286,7 @@ def _accumulate(total, part, writable):
 
 
 def _total(xp, losses, a, dtype, dev, scale):
-    if a.reduction == "none":
+    if a.options.reduction == "none":
         flat = xp.concat(losses, axis=0) if losses else xp.zeros((0,), dtype=dtype, device=dev)
         return xp.reshape(flat, a.batch_shape)
     total = xp.asarray(0.0, dtype=dtype, device=dev) if not losses else losses[0]

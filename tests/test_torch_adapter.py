@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch", reason="torch not installed: the PyTorch ad
 
 import gammace_ref as G  # noqa: E402
 from gammace_ref import torch as GT  # noqa: E402
+from gammace_ref.torch import _kernel  # noqa: E402
 
 # torch's own warnings while it compiles (pyproject.toml makes warnings errors).
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning"),
@@ -61,7 +62,7 @@ def test_gradcheck_gamma_ce(gamma, reduction, smooth_ignore):
 def test_gradcheck_compiled():
     f = lambda z: GT.gamma_ce(z, torch.tensor(Y3), 0.3, **KW)  # noqa: E731
     assert torch.autograd.gradcheck(f, (torch.tensor(Z3, requires_grad=True),))
-    assert not GT._compile_error
+    assert not _kernel._compile_error
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -87,7 +88,7 @@ def test_compiled_value_and_grad_match_core(dtype, reduction):
     ref_l, ref_g = _core("gamma_ce", Z3, Y3, 0.3, dtype=dtype, **kw)
     np.testing.assert_allclose(loss, ref_l, **TOL[dtype])
     np.testing.assert_allclose(grad, ref_g * (v[:, None] if v.ndim else v), **TOL[dtype])
-    assert not GT._compile_error
+    assert not _kernel._compile_error
 
 
 def test_compiled_kernel_is_shape_dynamic():
@@ -113,8 +114,8 @@ def test_failed_compilation_falls_back_to_eager_once(monkeypatch):
         calls.append(1)
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(GT, "_compiled_kernel", lambda: broken)
-    monkeypatch.setattr(GT, "_compile_error", [])
+    monkeypatch.setattr(_kernel, "_compiled_kernel", lambda: broken)
+    monkeypatch.setattr(_kernel, "_compile_error", [])
     with pytest.warns(RuntimeWarning, match="no compiler"):
         loss = GT.gamma_ce(torch.tensor(Z), torch.tensor(Y), 0.3)
     assert float(loss) == pytest.approx(G.gamma_ce(Z, Y, 0.3), rel=1e-14)

@@ -3,7 +3,7 @@
 Each rank holds a slice of the classes: ``logits`` is ``(..., C_local)`` with
 this rank's classes ``[offset, offset + C_local)`` of ``n_classes``; the
 targets are global class indices, the same on every rank.  The core runs on
-the slice with its row reductions made across ranks (:class:`gammace_ref._core.Shard`):
+the slice with its row reductions made across ranks (:class:`gammace_ref._execution.Sharded`):
 an all-reduce (MAX) of the row maxima, then one all-reduce (SUM) of three
 values per row -- ``R = Σ_{j≠y} e_j``, the target logit (held by one rank)
 and, with label smoothing, ``Σ_j (m - z_j)``.  That is O(N) floats per step,
@@ -19,13 +19,13 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .. import _core, _validation
-from . import _xp
+from .. import _api, _core, _execution, _validation
+from ._kernel import xp as _xp
 
 __all__ = ["gamma_ce", "tailr"]
 
 
-def _shard(offset, n_classes, group):
+def _plan(offset, n_classes, group, device):
     def reduce(op):
         def f(a):
             a = a.contiguous().clone()
@@ -33,24 +33,21 @@ def _shard(offset, n_classes, group):
             return a
         return f
 
-    return _core.Shard(offset, n_classes, reduce(dist.ReduceOp.MAX), reduce(dist.ReduceOp.SUM))
+    return _execution.Sharded(_xp, device, offset=offset, n_classes=n_classes, max=reduce(dist.ReduceOp.MAX),
+                              sum=reduce(dist.ReduceOp.SUM))
 
 
 class _VocabParallel(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets, gamma, threshold, tailr, offset, n_classes, reduction, ignore_index,
-                label_smoothing, group):
+    def forward(ctx, logits, targets, opts, offset, n_classes, group):
         if not isinstance(n_classes, int) or not 0 <= offset <= n_classes - logits.shape[-1]:
             raise ValueError(f"offset {offset} and n_classes {n_classes} do not hold a slice of "
                              f"{logits.shape[-1]} classes")
-        a = _validation.check(logits.detach(), targets, gamma, threshold, axis=-1, reduction=reduction,
-                              ignore_index=ignore_index, label_smoothing=label_smoothing, xp=_xp)
-        loss, grad = _core.compute(_xp, a.z, a.y, a.gamma, a.threshold, tailr=tailr, need_grad=True,
-                                   reduction=a.reduction, ignore_index=a.ignore_index,
-                                   label_smoothing=a.label_smoothing, device=a.z.device,
-                                   shard=_shard(offset, n_classes, group))
-        ctx.save_for_backward(_core.restore_layout(a, grad))
-        ctx.per_row = reduction == "none"
+        a = _validation.check_logits(logits.detach(), targets, opts, axis=-1, xp=_xp)
+        plan = _plan(offset, n_classes, group, a.z.device)
+        loss, grad, _ = _core.compute(_xp, a.z, a.y, opts, need_grad=True, plan=plan)
+        ctx.save_for_backward(_api.restore_layout(a, grad))
+        ctx.per_row = opts.reduction == "none"
         return loss
 
     @staticmethod
@@ -58,18 +55,18 @@ class _VocabParallel(torch.autograd.Function):
     def backward(ctx, g):
         (grad,) = ctx.saved_tensors
         g = g.unsqueeze(-1) if ctx.per_row else g
-        return (grad * g.to(grad.dtype),) + (None,) * 10
+        return (grad * g.to(grad.dtype),) + (None,) * 5
 
 
 def gamma_ce(logits, targets, gamma, *, offset, n_classes, reduction="mean", ignore_index=None,
-             label_smoothing=0.0, group=None):
+             label_smoothing=0.0, where=None, group=None):
     """γ-CE of the full vocabulary from this rank's slice ``logits[..., C_local]`` (class axis last)."""
-    return _VocabParallel.apply(logits, targets, gamma, 0.0, False, offset, n_classes, reduction, ignore_index,
-                                label_smoothing, group)
+    opts = _validation.options_of(locals())
+    return _VocabParallel.apply(logits, targets, opts, offset, n_classes, group)
 
 
 def tailr(logits, targets, gamma, threshold, *, offset, n_classes, reduction="mean", ignore_index=None,
-          label_smoothing=0.0, group=None):
+          label_smoothing=0.0, where=None, group=None):
     """TaiLr (weight ``clip(w, b, 1)``, computed once per row) from this rank's slice of the classes."""
-    return _VocabParallel.apply(logits, targets, gamma, threshold, True, offset, n_classes, reduction,
-                                ignore_index, label_smoothing, group)
+    opts = _validation.options_of(locals())
+    return _VocabParallel.apply(logits, targets, opts, offset, n_classes, group)
