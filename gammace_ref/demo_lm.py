@@ -65,6 +65,7 @@ Examples
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import math
 import os
@@ -868,13 +869,11 @@ def run(setting: Setting = FULL, seeds=3, seed=0, out="demo-lm-out", losses=LOSS
             raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
     if not losses:
         raise ValueError("losses must not be empty")
-    try:
-        import torch
-        if plots:
-            import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise SystemExit("gammace-ref demo lm needs torch and matplotlib: "
-                         f"pip install 'gammace_ref[torch,demo]' ({exc})")
+    # before any work or file: a missing torch or matplotlib is a ModuleNotFoundError naming it
+    # (`gammace-ref demo lm` turns it into one line naming the extra to install, exit status 2)
+    import torch
+    if plots:
+        importlib.import_module("matplotlib")
     os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
     result = LMResult()
