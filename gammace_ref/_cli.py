@@ -328,6 +328,11 @@ def _demo(args) -> int:
                           progress=None if args.quiet else sys.stderr)
     except ValueError as exc:
         raise SystemExit(f"gammace-ref demo: {exc}")
+    return _demo_printed(result)
+
+
+def _demo_printed(result) -> int:
+    """Print a demo's table, the files it wrote and its run time (the digits and the LM demo alike)."""
     print(result.table)
     for path in result.files:
         print(f"wrote {path}")
@@ -344,11 +349,7 @@ def _demo_lm(args) -> int:
                              out=args.out, progress=None if args.quiet else sys.stderr)
     except ValueError as exc:
         raise SystemExit(f"gammace-ref demo lm: {exc}")
-    print(result.table)
-    for path in result.files:
-        print(f"wrote {path}")
-    print(f"{len(result.runs)} runs, {result.seconds:.0f}s")
-    return 0
+    return _demo_printed(result)
 
 
 def build_parser() -> argparse.ArgumentParser:
