@@ -838,8 +838,8 @@ def run(setting: Setting = FULL, seeds=3, seed=0, out="demo-lm-out", losses=LOSS
     Parameters
     ----------
     setting : Setting
-        Sizes: :data:`FULL` (the paper's data sizes), :data:`QUICK` (about 2
-        minutes on 2 cores) or your own (``dataclasses.replace(QUICK, ...)``).
+        Sizes: :data:`FULL` (the paper's data sizes), :data:`QUICK` (5 CPU-minutes:
+        a smoke test) or your own (``dataclasses.replace(QUICK, ...)``).
     seeds : int >= 1
         Number of seeds ``seed, seed + 1, ...``.  A seed draws the training,
         validation and test samples from the (fixed) oracle and the models'
