@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._kernel import run
+from ._kernel import is_traced, run
 
 
 def stored_times(stored, g):
@@ -14,7 +14,7 @@ def stored_times(stored, g):
     are then the answer, handed over without an N×C multiply (and, once
     released, without a copy).
     """
-    if (g.device.type == "cpu" and not torch.compiler.is_compiling()
+    if (g.device.type == "cpu" and not is_traced(g)
             and not torch._C._functorch.is_functorch_wrapped_tensor(g) and float(g) == 1.0):
         return tuple(stored)
     return tuple(None if t is None else t * g.to(t.dtype) for t in stored)
