@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm = dem_sub.add_parser("lm", help=about)
     lm.add_argument("--quick", action="store_true",
                     help="a smaller setting (1.5K training sentences, 4 epochs, 1 seed): a smoke test, "
-                         "5 CPU-minutes (12 minutes of wall time on 2 shared cores)")
+                         "about 5 minutes on 2 shared cores")
     lm.add_argument("--seeds", type=int, help="number of seeds (default: 3, or 1 with --quick)")
     lm.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
     lm.add_argument("--out", default="demo-lm-out", help="directory for the tables and figures (default: %(default)s)")
