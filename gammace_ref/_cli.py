@@ -345,8 +345,12 @@ def _demo_lm(args) -> int:
 
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     try:
+        demo_lm._check_device(args.device)
+    except ValueError as exc:  # "device must be ...": the option's name
+        raise SystemExit(f"gammace-ref demo lm: --{exc}")
+    try:
         result = demo_lm.run(demo_lm.QUICK if args.quick else demo_lm.FULL, seeds=seeds, seed=args.seed,
-                             out=args.out, progress=None if args.quiet else sys.stderr)
+                             out=args.out, progress=None if args.quiet else sys.stderr, device=args.device)
     except ValueError as exc:
         raise SystemExit(f"gammace-ref demo lm: {exc}")
     return _demo_printed(result)
@@ -404,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
     lm.add_argument("--out", default="demo-lm-out", help="directory for the tables and figures (default: %(default)s)")
     lm.add_argument("--quiet", action="store_true", help="no progress bar")
+    lm.add_argument("--device", default="cpu",
+                    help="torch device of the oracle and the models: cpu, cuda, cuda:1, ... (the oracle's data are "
+                         "sampled on the CPU whatever the device; default: %(default)s)")
     _document(sub)
     return parser
 

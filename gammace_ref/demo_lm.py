@@ -50,7 +50,10 @@ Outputs in ``out``: ``lm-table.md`` (the tables), ``lm-results.json``
 (settings, the oracle's statistics, every run with its curves),
 ``lm-quality-coverage.png`` (PPL_oracle against PPL_test),
 ``lm-perturbation.png`` (the perturbation curves) and ``lm-training.png``
-(validation NLL per epoch).
+(validation NLL per epoch); the first two are rewritten after every finished
+run, so a run stopped by a time limit leaves its finished part.  ``device``
+(``--device cuda``) runs the oracle and the models on a GPU; the oracle's
+data are sampled on the CPU whatever the device.
 
 Needs torch and matplotlib (the ``torch`` and ``demo`` extras); torch is
 imported when a function here runs, never by ``import gammace_ref``.
@@ -175,6 +178,7 @@ class LMResult:
     table: str = ""
     files: list = field(default_factory=list)
     seconds: float = 0.0
+    device: str = "cpu"  # where the models ran (the oracle's data are sampled on the CPU)
 
 
 # --------------------------------------------------------------------------- the language model
@@ -221,6 +225,24 @@ def make_oracle(spec: OracleSpec = OracleSpec()):
         lm["eos"].weight.copy_((spec.eos_start + spec.eos_slope * torch.arange(spec.max_len + 1.0))[:, None])
     lm.requires_grad_(False)
     return lm.eval()
+
+
+def _device_of(lm):
+    return lm["out"].weight.device
+
+
+def _check_device(device):
+    """``device`` as a ``torch.device`` on which a tensor can be made, or a ValueError naming it."""
+    import torch
+
+    try:
+        d = torch.device(device)
+        torch.empty(1, device=d)
+    except (RuntimeError, TypeError, AssertionError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"device must be a torch device available here ('cpu', 'cuda', 'cuda:1', ...), "
+                         f"got {device!r} ({why})") from None
+    return d
 
 
 def _logits(lm, inputs, state=None, pos=0, dropout=0.0):
@@ -275,18 +297,20 @@ def sequence_logprob(lm, seqs, spec: OracleSpec, temperature=1.0):
     import torch
 
     lm.eval()
+    device = _device_of(lm)
     out = torch.zeros(len(seqs), dtype=torch.float64)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     with torch.no_grad():
         for start in range(0, len(seqs), EVAL_BATCH):
             idx = order[start:start + EVAL_BATCH]
             inputs, targets = _pad([seqs[i] for i in idx], spec.vocab, spec.max_len)
+            inputs, targets = inputs.to(device), targets.to(device)
             z, _ = _logits(lm, inputs)
             if temperature != 1.0:
                 z = z / temperature
             tok = torch.log_softmax(z, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             tok = torch.where(targets != IGNORE, tok, 0.0)
-            out[idx] = tok.double().sum(dim=1)
+            out[idx] = tok.double().sum(dim=1).cpu()
     return out
 
 
@@ -299,17 +323,23 @@ def _ppl(logprob, seqs):
 
 
 def sample(lm, n, spec: OracleSpec, generator, temperature=1.0):
-    """``n`` word sequences drawn from ``lm`` (ancestral sampling) with a ``torch.Generator``."""
+    """``n`` word sequences drawn from ``lm`` (ancestral sampling) with a ``torch.Generator``.
+
+    On the device of ``lm``; the uniform numbers come from ``generator`` (a
+    CPU generator) whatever that device, so a model gives the same samples
+    on every device up to the rounding of its probabilities.
+    """
     import torch
 
     lm.eval()
+    device = _device_of(lm)
     result = []
     with torch.no_grad():
         for start in range(0, n, SAMPLE_CHUNK):
             b = min(SAMPLE_CHUNK, n - start)
-            tok = torch.full((b, 1), spec.vocab, dtype=torch.long)
-            words = torch.zeros(b, spec.max_len, dtype=torch.long)
-            length = torch.full((b,), -1, dtype=torch.long)  # -1 while the sequence goes on
+            tok = torch.full((b, 1), spec.vocab, dtype=torch.long, device=device)
+            words = torch.zeros(b, spec.max_len, dtype=torch.long, device=device)
+            length = torch.full((b,), -1, dtype=torch.long, device=device)  # -1 while the sequence goes on
             state = None
             for t in range(spec.max_len + 1):
                 if t == spec.max_len:
@@ -320,14 +350,15 @@ def sample(lm, n, spec: OracleSpec, generator, temperature=1.0):
                     z = z / temperature
                 # inverse CDF (torch.multinomial is several times slower on the CPU at this size)
                 cdf = torch.cumsum(torch.softmax(z[:, 0], dim=-1), dim=-1)
-                u = torch.rand(b, 1, generator=generator) * cdf[:, -1:]
+                u = torch.rand(b, 1, generator=generator).to(device) * cdf[:, -1:]
                 nxt = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=spec.vocab - 1)
                 length[(nxt == EOS) & (length < 0)] = t
                 if bool((length >= 0).all()):
                     break
                 words[:, t] = nxt
                 tok = nxt.unsqueeze(1)
-            result += [words[i, :int(length[i])].tolist() for i in range(b)]
+            words, length = words.cpu(), length.tolist()
+            result += [words[i, :length[i]].tolist() for i in range(b)]
     return result
 
 
@@ -505,7 +536,7 @@ def _nll(lm, seqs, spec):
     return -float(sequence_logprob(lm, seqs, spec).sum()) / _tokens(seqs)
 
 
-def _train(loss, init_state, data, setting, seed, tick):
+def _train(loss, init_state, data, setting, seed, tick, device="cpu"):
     """Train from ``init_state`` with ``loss``; return the best model by validation NLL and its history.
 
     For a γ schedule, only the epochs from ``ramp_epochs`` on (γ at its end) are candidates, and
@@ -517,6 +548,7 @@ def _train(loss, init_state, data, setting, seed, tick):
     train, valid = data["train"], data["valid"]
     lm = _new_lm(spec)
     lm.load_state_dict(init_state)
+    lm.to(device)
     params = list(lm.parameters())
     opt = torch.optim.Adam(params, lr=LR, betas=(0.9, 0.999), eps=1e-8)
     torch.manual_seed(seed * 7919 + 17)  # dropout: the same stream for every loss of a seed
@@ -530,6 +562,7 @@ def _train(loss, init_state, data, setting, seed, tick):
         lm.train()
         for idx in _batches(lengths, setting.batch, order_gen):
             inputs, targets = _pad([train[i] for i in idx], spec.vocab, spec.max_len)
+            inputs, targets = inputs.to(device), targets.to(device)
             z, _ = _logits(lm, inputs, dropout=DROPOUT)
             gamma = schedule(step) if schedule is not None else loss.gamma
             value = _loss_value(loss, z.reshape(-1, spec.vocab), targets.reshape(-1), gamma)
@@ -694,6 +727,7 @@ def make_table(result, setting, losses=LOSSES):
     ln, _, _ = _mean_sd([s["length_mean"] for s in st])
     lsd, _, _ = _mean_sd([s["length_sd"] for s in st])
     spec = setting.oracle
+    on = "" if result.device == "cpu" else f", models on {result.device}"
     import torch
 
     lines += ["", f"Setting `{setting.name}`: oracle LSTM {spec.hidden} units, vocabulary {spec.vocab} "
@@ -704,7 +738,7 @@ def make_table(result, setting, losses=LOSSES):
                   f"{DROPOUT}, clip {CLIP_NORM}, {setting.batch} sequences per batch, best validation NLL "
                   f"(patience {setting.patience}, at most {setting.max_epochs} epochs); mean ± sd over "
                   f"{len(seeds)} seed(s) {seeds}; torch {torch.__version__}, {torch.get_num_threads()} "
-                  "thread(s). Oracle row: the oracle's own samples scored like a model's (its valid NLL "
+                  f"thread(s){on}. Oracle row: the oracle's own samples scored like a model's (its valid NLL "
                   f"column is its entropy per token). *{names[0] if names else ''}, sampled at T*: the same "
                   "model with its logits divided by T, for its samples and for PPL_test alike (a cooler "
                   "model, no training)."]
@@ -832,7 +866,7 @@ class _Progress:
 
 
 def run(setting: Setting = FULL, seeds=3, seed=0, out="demo-lm-out", losses=LOSSES, progress=sys.stderr,
-        plots=True) -> LMResult:
+        plots=True, device="cpu") -> LMResult:
     """Train every loss for ``seeds`` seeds on samples of the oracle; write the tables and figures to ``out``.
 
     Parameters
@@ -855,6 +889,18 @@ def run(setting: Setting = FULL, seeds=3, seed=0, out="demo-lm-out", losses=LOSS
         Where the progress line goes (``None``: nowhere).
     plots : bool
         Write the PNG figures (needs matplotlib).
+    device : str or torch.device
+        Where the oracle and the models live, train, sample and are scored
+        (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).  The oracle's data (the
+        training, validation and test sequences and their corruptions) are
+        sampled on the CPU whatever the device, so they are the same
+        everywhere; the models' numbers differ across devices by rounding.
+
+    The JSON and the tables are rewritten after every finished (seed, loss)
+    run and the figures after every finished seed (and on a
+    ``KeyboardInterrupt``: SIGINT), so a run that is stopped leaves its
+    finished part (the table's first line says how many runs it
+    holds when they are not all there).
 
     Returns
     -------
@@ -874,71 +920,104 @@ def run(setting: Setting = FULL, seeds=3, seed=0, out="demo-lm-out", losses=LOSS
     import torch
     if plots:
         importlib.import_module("matplotlib")
+    device = _check_device(device)
     os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
-    result = LMResult()
+    result = LMResult(device=str(device))
     spec = setting.oracle
-    bar = _Progress(progress, seeds * len(losses) * setting.max_epochs)
+    planned = seeds * len(losses)
+    bar = _Progress(progress, planned * setting.max_epochs)
     bar.show("building the oracle")
-    oracle = make_oracle(spec)
-    for s in range(seed, seed + seeds):
-        bar.show(f"seed {s}: sampling {setting.train + setting.valid + setting.test} oracle sequences")
-        data = _data(oracle, setting, s)
-        oracle_pert = {kind: [sequence_logprob(oracle, seqs, spec) for seqs in levels]
-                       for kind, levels in data["perturbed"].items()}
-        stats = _oracle_stats(oracle, data, setting)
-        stats.update(_evaluate(oracle, oracle, data, setting, s, oracle_pert), seed=s)
-        result.oracle.append(stats)
-        bar.log(f"seed {s}: oracle entropy {stats['entropy_per_token']:.3f} nats/token (PPL {stats['ppl']:.2f}), "
-                f"{stats['length_mean']:.1f} ± {stats['length_sd']:.1f} words, BLEU-4 {stats['bleu4']:.3f}, "
-                f"Self-BLEU-4 {stats['self_bleu4']:.3f}")
-        with torch.random.fork_rng():
-            torch.manual_seed(s * 7919 + 11)
-            init = copy.deepcopy(_new_lm(spec).state_dict())  # every loss of this seed starts here
-        for loss in losses:
-            t0 = time.perf_counter()
+    oracle_cpu = make_oracle(spec)  # samples the data: the same on every device
+    oracle = oracle_cpu if device.type == "cpu" else copy.deepcopy(oracle_cpu).to(device)
 
-            def tick(epoch, nll, loss=loss, s=s):
-                bar.show(f"seed {s} {loss.name}: epoch {epoch} valid NLL {nll:.3f}", advance=1)
+    def save(figures):
+        result.seconds = time.perf_counter() - start
+        result.table = make_table(result, setting, losses)
+        result.files = _write(out, result, setting, seeds, seed, losses, planned, device)
+        if figures:
+            result.files += _plots(out, result, setting, losses)
 
-            bar.show(f"seed {s} {loss.name}: epoch 1")
-            lm, info = _train(loss, init, data, setting, s, tick)
-            bar.show(f"seed {s} {loss.name}: evaluating", advance=setting.max_epochs - info["epochs"])
-            metrics = _evaluate(lm, oracle, data, setting, s, oracle_pert)
-            if loss == losses[0]:  # the baseline, cooled: logits / T
-                metrics["temperature"] = {}
-                for temp in setting.temperatures:
-                    bar.show(f"seed {s} {loss.name}: evaluating at temperature {temp:g}")
-                    metrics["temperature"][f"{temp:g}"] = _evaluate(lm, oracle, data, setting, s, None, temp)
-            r = {"seed": s, "loss": loss.name, "kind": loss.kind, "gamma": loss.gamma, "threshold": loss.threshold,
-                 **info, **metrics, "seconds": time.perf_counter() - t0}
-            result.runs.append(r)
-            bar.log(f"seed {s} {loss.name:20} PPL_oracle {r['ppl_oracle']:7.2f} PPL_test {r['ppl_test']:7.2f} "
-                    f"BLEU-4 {r['bleu4']:.3f} Self-BLEU-4 {r['self_bleu4']:.3f} epochs {r['epochs']} "
-                    f"({r['seconds']:.0f}s)")
+    try:
+        for s in range(seed, seed + seeds):
+            bar.show(f"seed {s}: sampling {setting.train + setting.valid + setting.test} oracle sequences")
+            data = _data(oracle_cpu, setting, s)
+            oracle_pert = {kind: [sequence_logprob(oracle, seqs, spec) for seqs in levels]
+                           for kind, levels in data["perturbed"].items()}
+            stats = _oracle_stats(oracle, data, setting)
+            stats.update(_evaluate(oracle, oracle, data, setting, s, oracle_pert), seed=s)
+            result.oracle.append(stats)
+            bar.log(f"seed {s}: oracle entropy {stats['entropy_per_token']:.3f} nats/token (PPL {stats['ppl']:.2f}), "
+                    f"{stats['length_mean']:.1f} ± {stats['length_sd']:.1f} words, BLEU-4 {stats['bleu4']:.3f}, "
+                    f"Self-BLEU-4 {stats['self_bleu4']:.3f}")
+            with torch.random.fork_rng():
+                torch.manual_seed(s * 7919 + 11)
+                init = copy.deepcopy(_new_lm(spec).state_dict())  # every loss of this seed starts here
+            for loss in losses:
+                t0 = time.perf_counter()
+
+                def tick(epoch, nll, loss=loss, s=s):
+                    bar.show(f"seed {s} {loss.name}: epoch {epoch} valid NLL {nll:.3f}", advance=1)
+
+                bar.show(f"seed {s} {loss.name}: epoch 1")
+                lm, info = _train(loss, init, data, setting, s, tick, device)
+                bar.show(f"seed {s} {loss.name}: evaluating", advance=setting.max_epochs - info["epochs"])
+                metrics = _evaluate(lm, oracle, data, setting, s, oracle_pert)
+                if loss == losses[0]:  # the baseline, cooled: logits / T
+                    metrics["temperature"] = {}
+                    for temp in setting.temperatures:
+                        bar.show(f"seed {s} {loss.name}: evaluating at temperature {temp:g}")
+                        metrics["temperature"][f"{temp:g}"] = _evaluate(lm, oracle, data, setting, s, None, temp)
+                r = {"seed": s, "loss": loss.name, "kind": loss.kind, "gamma": loss.gamma, "threshold": loss.threshold,
+                     **info, **metrics, "seconds": time.perf_counter() - t0}
+                result.runs.append(r)
+                bar.log(f"seed {s} {loss.name:20} PPL_oracle {r['ppl_oracle']:7.2f} PPL_test {r['ppl_test']:7.2f} "
+                        f"BLEU-4 {r['bleu4']:.3f} Self-BLEU-4 {r['self_bleu4']:.3f} epochs {r['epochs']} "
+                        f"({r['seconds']:.0f}s)")
+                last = s == seed + seeds - 1 and loss == losses[-1]
+                if not last:  # the finished part, in case the run is stopped (the last one is saved below)
+                    save(plots and loss == losses[-1])
+    except KeyboardInterrupt:  # stopped (Ctrl-C, `timeout -s INT`): the finished runs, figures included
+        bar.close()
+        if result.runs:
+            save(plots)
+        raise
     bar.close()
-    result.table = make_table(result, setting, losses)
-    path = os.path.join(out, "lm-table.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(f"<!-- generated by: gammace-ref demo lm {_argline(setting, seeds, seed, out)} -->\n\n")
-        f.write(result.table)
-    result.files.append(path)
-    if plots:
-        result.files += _plots(out, result, setting, losses)
-    result.seconds = time.perf_counter() - start
-    path = os.path.join(out, "lm-results.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"setting": asdict(setting), "seeds": list(range(seed, seed + seeds)),
-                   "losses": [asdict(loss) for loss in losses],
-                   "training": {"lr": LR, "dropout": DROPOUT, "clip_norm": CLIP_NORM},
-                   "torch": torch.__version__, "threads": torch.get_num_threads(), "seconds": result.seconds,
-                   "oracle": result.oracle, "runs": result.runs}, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    result.files.insert(1, path)
+    save(plots)
     return result
 
 
-def _argline(setting, seeds, seed, out):
+def _replace_file(path, text):
+    """Write ``text`` to ``path`` through a temporary file: a run stopped while writing leaves the old file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _write(out, result, setting, seeds, seed, losses, planned, device):
+    """Write ``lm-table.md`` and ``lm-results.json`` for the runs finished so far; their paths."""
+    import torch
+
+    done = len(result.runs)
+    partial = (f"**Partial result: {done} of {planned} runs (seed × loss) finished** (the run was stopped or "
+               "is still going).\n\n" if done < planned else "")
+    table = os.path.join(out, "lm-table.md")
+    _replace_file(table, f"<!-- generated by: gammace-ref demo lm {_argline(setting, seeds, seed, out, device)} "
+                         f"-->\n\n{partial}{result.table}")
+    data = {"setting": asdict(setting), "seeds": list(range(seed, seed + seeds)),
+            "losses": [asdict(loss) for loss in losses],
+            "training": {"lr": LR, "dropout": DROPOUT, "clip_norm": CLIP_NORM},
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+            "runs_planned": planned, "runs_finished": done, "seconds": result.seconds,
+            "oracle": result.oracle, "runs": result.runs}
+    path = os.path.join(out, "lm-results.json")
+    _replace_file(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    return [table, path]
+
+
+def _argline(setting, seeds, seed, out, device="cpu"):
     quick = "--quick " if setting == QUICK else ""
     custom = "" if setting in (QUICK, FULL) else f"(custom setting {setting.name!r}) "
-    return f"{quick}{custom}--seeds {seeds} --seed {seed} --out {out}"
+    on = "" if str(device) == "cpu" else f" --device {device}"
+    return f"{quick}{custom}--seeds {seeds} --seed {seed} --out {out}{on}"

@@ -69,6 +69,63 @@ def test_the_same_seed_gives_the_same_numbers(tmp_path):
     assert c.runs[0]["ppl_test"] != a.runs[0]["ppl_test"]
 
 
+def test_device_cpu_gives_the_same_numbers_as_the_default(tmp_path):
+    losses = demo_lm.LOSSES[:2]
+    a = demo_lm.run(TINY, seeds=1, out=tmp_path / "a", losses=losses, progress=None, plots=False)
+    b = demo_lm.run(TINY, seeds=1, out=tmp_path / "b", losses=losses, progress=None, plots=False, device="cpu")
+    assert _without_time(a.runs) == _without_time(b.runs) and a.oracle == b.oracle and a.table == b.table
+    saved = json.loads((tmp_path / "b" / "lm-results.json").read_text(encoding="utf-8"))
+    assert saved["device"] == "cpu" and saved["runs_planned"] == saved["runs_finished"] == 2
+    assert "Partial" not in (tmp_path / "b" / "lm-table.md").read_text(encoding="utf-8")
+
+
+def test_a_stopped_run_leaves_its_finished_runs(tmp_path, monkeypatch):
+    # the third run's evaluation (after the oracle's and the first run's) fails: the first run is on disk
+    evaluate, calls = demo_lm._evaluate, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(demo_lm, "_evaluate", failing)
+    small = replace(TINY, temperatures=())
+    with pytest.raises(KeyboardInterrupt):
+        demo_lm.run(small, seeds=2, out=tmp_path, losses=demo_lm.LOSSES[:2], progress=None)
+    saved = json.loads((tmp_path / "lm-results.json").read_text(encoding="utf-8"))
+    assert saved["runs_planned"] == 4 and saved["runs_finished"] == 1 and len(saved["runs"]) == 1
+    assert saved["runs"][0]["loss"] == "MLE" and len(saved["oracle"]) == 1
+    md = (tmp_path / "lm-table.md").read_text(encoding="utf-8")
+    assert "**Partial result: 1 of 4 runs (seed × loss) finished**" in md and "| MLE |" in md
+    # the interruption wrote the figures of the finished run too (no temporary file is left)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(demo_lm.FILES)
+
+
+def test_an_unknown_device_is_an_error_naming_it(tmp_path, capsys):
+    with pytest.raises(ValueError, match="device must be a torch device.*'nonsense'"):
+        demo_lm.run(TINY, out=tmp_path / "x", progress=None, device="nonsense")
+    assert not (tmp_path / "x").exists()  # checked before any file
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "lm", "--quick", "--device", "nonsense", "--out", str(tmp_path / "y"), "--quiet"])
+    message = str(exc.value.code)
+    assert message.startswith("gammace-ref demo lm: --device must be") and "'nonsense'" in message
+    assert "\n" not in message and not (tmp_path / "y").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_run_has_the_cpu_data_and_close_numbers(tmp_path):
+    losses = demo_lm.LOSSES[:2]
+    a = demo_lm.run(TINY, seeds=1, out=tmp_path / "a", losses=losses, progress=None, plots=False)
+    b = demo_lm.run(TINY, seeds=1, out=tmp_path / "b", losses=losses, progress=None, plots=False, device="cuda")
+    for key in ("length_mean", "length_sd", "word_types_in_train", "train_tokens"):  # the same oracle data
+        assert b.oracle[0][key] == a.oracle[0][key]
+    assert b.oracle[0]["entropy_per_token"] == pytest.approx(a.oracle[0]["entropy_per_token"], rel=1e-5)
+    for ra, rb in zip(a.runs, b.runs):  # trained apart (other dropout stream, rounding): the same ballpark
+        assert rb["ppl_test"] == pytest.approx(ra["ppl_test"], rel=0.1)
+    assert "models on cuda" in b.table
+
+
 # --------------------------------------------------------------------------- BLEU
 
 
@@ -170,7 +227,7 @@ def test_cli_demo_lm_help(capsys):
         main(["demo", "lm", "--help"])
     assert exc.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "--quick" in out and "--seeds" in out and "--out" in out and "--quiet" in out
+    assert "--quick" in out and "--seeds" in out and "--out" in out and "--quiet" in out and "--device" in out
 
 
 def test_cli_demo_lm_runs(tmp_path, capsys, monkeypatch):
