@@ -869,6 +869,12 @@ def run(setting: Setting = FULL, seeds=3, seed=0, out="demo-lm-out", losses=LOSS
         plots=True, device="cpu") -> LMResult:
     """Train every loss for ``seeds`` seeds on samples of the oracle; write the tables and figures to ``out``.
 
+    The JSON and the tables are rewritten after every finished (seed, loss)
+    run and the figures after every finished seed (and on a
+    ``KeyboardInterrupt``: SIGINT), so a run that is stopped leaves its
+    finished part (the table's first line says how many runs it
+    holds when they are not all there).
+
     Parameters
     ----------
     setting : Setting
@@ -895,12 +901,6 @@ def run(setting: Setting = FULL, seeds=3, seed=0, out="demo-lm-out", losses=LOSS
         training, validation and test sequences and their corruptions) are
         sampled on the CPU whatever the device, so they are the same
         everywhere; the models' numbers differ across devices by rounding.
-
-    The JSON and the tables are rewritten after every finished (seed, loss)
-    run and the figures after every finished seed (and on a
-    ``KeyboardInterrupt``: SIGINT), so a run that is stopped leaves its
-    finished part (the table's first line says how many runs it
-    holds when they are not all there).
 
     Returns
     -------
