@@ -15,7 +15,7 @@ from gammace_ref.testing.backends import Backend, BackendUnderTest, selected_dty
 
 # Doctest collection imports every module of the package: skip the adapters
 # whose framework is not installed here.
-collect_ignore = [p for m, p in (("torch", "gammace_ref/torch"), ("jax", "gammace_ref/jax.py"))
+collect_ignore = [p for m, p in (("torch", "gammace_ref/torch"), ("jax", "gammace_ref/jax"))
                   if importlib.util.find_spec(m) is None]
 
 

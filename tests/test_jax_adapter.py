@@ -122,12 +122,13 @@ def test_gamma_schedule_traced_without_recompiling():
     assert len(traces) == 1
 
 
-def test_gamma_threshold_and_targets_are_constants():
-    # As implemented: only logits are differentiated; γ and b get a zero cotangent.
+def test_gamma_is_differentiated_threshold_and_targets_are_constants():
+    # dL/dγ of γ-CE is the core's exact one; TaiLr's W is a stop-gradient (0 in γ and b); targets get float0.
     dz, dg = jax.grad(lambda z, g: GJ.gamma_ce(z, Y, g), argnums=(0, 1))(Z, jnp.asarray(0.3))
     _close(dz, G.gamma_ce_grad(LOGITS, TARGETS, 0.3), "float64")
-    assert dg == 0.0
+    _close(dg, G.gamma_ce_dgamma(LOGITS, TARGETS, 0.3), "float64")
     assert jax.grad(lambda b: GJ.tailr(Z, Y, 0.3, b))(0.2) == 0.0
+    assert jax.grad(lambda g: GJ.tailr(Z, Y, g, 0.2))(0.3) == 0.0
     dy = jax.grad(lambda y: GJ.gamma_ce(Z, y, 0.3), allow_int=True)(Y)
     assert dy.dtype == jax.dtypes.float0 and dy.shape == Y.shape
 
