@@ -131,13 +131,18 @@ def test_tailr_with_zero_threshold_has_the_gamma_ce_gradient(gamma):
     np.testing.assert_allclose(g2, g1, rtol=4e-16, atol=0)
 
 
-def test_double_backward_and_forward_mode_raise():
+def test_double_backward_and_forward_mode_are_exact():
+    # (tests/test_second_order.py checks them in every regime; here: they run and agree with the core)
+    y = torch.tensor(Y)
+    f = lambda z: GT.gamma_ce(z, y, 0.3, compiled=False)  # noqa: E731
     z = torch.tensor(Z, requires_grad=True)
-    (g,) = torch.autograd.grad(GT.gamma_ce(z, torch.tensor(Y), 0.3, compiled=False) ** 2, z, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        g.sum().backward()
-    with pytest.raises(NotImplementedError, match="jvp"):
-        torch.func.hessian(lambda z: GT.gamma_ce(z, torch.tensor(Y), 0.3, compiled=False))(z.detach())
+    (g,) = torch.autograd.grad(f(z), z, create_graph=True)
+    v = RNG.normal(size=Z.shape)
+    (g * torch.tensor(v)).sum().backward()
+    hv = G.gamma_ce_hvp(Z, Y, 0.3, v)
+    np.testing.assert_allclose(z.grad.numpy(), hv, rtol=1e-13, atol=1e-300)
+    h = torch.func.hessian(f)(torch.tensor(Z))
+    np.testing.assert_allclose(h.reshape(Z.size, Z.size).numpy() @ v.ravel(), hv.ravel(), rtol=1e-13, atol=1e-300)
 
 
 # --- torch.compile and torch.func --------------------------------------------

@@ -1,10 +1,33 @@
-"""The loss on logits as a ``torch.autograd.Function``: value and gradient in one pass, ``backward`` scales."""
+"""The loss on logits as ``torch.autograd.Function`` s: exact first and second derivatives, in both modes.
+
+Three functions, each the derivative of the one before:
+
+* :class:`_Loss` -- value and gradient of the core in one pass (the compiled
+  kernel); ``backward`` hands over the stored gradient (scaled by the
+  upstream gradient), ``jvp`` is ``⟨∇L, ż⟩ + ∂L/∂γ·γ̇``.
+* :class:`_First` -- the gradient (and ∂L/∂γ) as a differentiable function of
+  the logits (and γ): what ``_Loss.backward`` returns when a graph is being
+  built (``create_graph=True``, ``torch.func``); its ``backward`` and ``jvp``
+  are the closed-form Hessian-vector product (the Hessian is symmetric).
+* :class:`_Hvp` -- that product (:func:`gammace_ref._core.second_order`);
+  differentiating it (a third derivative) raises.
+
+The fast path -- ``loss.backward()`` without ``create_graph`` -- is the one
+it always was: no recomputation, no N×C multiply for an upstream gradient of
+1 on CPU.  ``logits`` are kept for a second derivative (a reference, as any
+autograd function keeps its inputs).
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
-from ._kernel import run
+from .. import _api
+from ._kernel import is_batched, run, xp
+
+_THIRD = ("gammace_ref.torch: third and higher derivatives of the loss are not implemented (the first and "
+          "second are exact; a third would differentiate the closed-form Hessian-vector product)")
 
 
 def stored_times(stored, g):
@@ -14,44 +37,253 @@ def stored_times(stored, g):
     are then the answer, handed over without an N×C multiply (and, once
     released, without a copy).
     """
-    if (g.device.type == "cpu" and not torch.compiler.is_compiling()
+    if (g.device.type == "cpu" and not g.requires_grad and not torch.compiler.is_compiling()
             and not torch._C._functorch.is_functorch_wrapped_tensor(g) and float(g) == 1.0):
         return tuple(stored)
     return tuple(None if t is None else t * g.to(t.dtype) for t in stored)
 
 
+def differentiated(t) -> bool:
+    """``t`` is a tensor that autograd follows (backward with grad enabled, or forward mode)."""
+    if not isinstance(t, torch.Tensor):
+        return False
+    return (t.requires_grad and torch.is_grad_enabled()) or fwAD.unpack_dual(t).tangent is not None
+
+
+def _traced(*tensors):
+    return torch.compiler.is_compiling() or any(t is not None and is_batched(t) for t in tensors)
+
+
+def _gamma_part(opts, gamma):
+    """γ is an input autograd follows and the loss depends on it (γ-CE: TaiLr's W is a constant)."""
+    return gamma is not None and not opts.tailr
+
+
+def _with(opts, gamma, threshold=None):
+    """``opts`` holding this function's own ``gamma``/``threshold`` inputs (as a transform unwrapped them)."""
+    if gamma is not None:
+        opts = opts.replace(gamma=gamma)
+    if threshold is not None:
+        opts = opts.replace(threshold=threshold)
+    return opts
+
+
+def _no_reverse_over_forward():
+    """Raise under ``torch.func`` reverse mode over this forward-mode rule: functorch would not see its ops.
+
+    (``torch.func.jacrev`` of ``jacfwd``, ``grad`` of ``jvp``: functorch runs an
+    ``autograd.Function``'s ``jvp`` outside the outer ``grad`` level, so its
+    derivative would silently be 0.  ``torch.func.hessian`` -- forward over
+    reverse -- and plain autograd over ``torch.autograd.forward_ad`` work.)
+    """
+    from torch._functorch import pyfunctorch
+
+    if any(i.key() == torch._C._functorch.TransformType.Grad for i in pyfunctorch.retrieve_all_functorch_interpreters()):
+        raise NotImplementedError("gammace_ref.torch: torch.func reverse mode over forward mode (jacrev of jacfwd, "
+                                  "grad of jvp) is not supported (functorch does not differentiate an "
+                                  "autograd.Function's jvp rule); use forward over reverse (torch.func.hessian, "
+                                  "jvp of grad) or torch.autograd.grad(..., create_graph=True)")
+
+
+def _contract(a, b, class_axis):
+    """``⟨a, b⟩`` per row along ``class_axis`` (``reduction="none"``), or in all (``None``)."""
+    prod = a * b.to(a.dtype)
+    return prod.sum() if class_axis is None else prod.sum(dim=class_axis)
+
+
+def _times_upstream(t, g, class_axis):
+    """``t`` scaled by the upstream gradient ``g`` (per row along ``class_axis``, or a scalar)."""
+    if class_axis is not None:
+        return t * g.unsqueeze(class_axis).to(t.dtype)
+    return stored_times((t,), g)[0]
+
+
 class _Loss(torch.autograd.Function):
-    """Loss and gradient of the core in one pass; ``backward`` only scales the stored gradient."""
+    """Loss and gradient (and dL/dγ where γ is followed) of the core in one pass.
+
+    Inputs: ``logits, targets, gamma, threshold`` (``gamma``/``threshold``:
+    the option's tensor where autograd follows it, else ``None``), ``opts``,
+    ``axis``, ``compiled``.  Outputs ``(loss, grad, dgamma)``, the last two
+    not differentiable (``dgamma`` a 0-d placeholder when not computed).
+    """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(logits, targets, opts, axis, compiled):
-        return run(logits, targets, opts, axis, compiled, need_grad=True)
+    def forward(logits, targets, gamma, threshold, opts, axis, compiled):
+        opts = _with(opts, gamma, threshold)
+        if _gamma_part(opts, gamma):
+            out = _api.second_order(logits, targets, opts, axis=axis, need_dgamma=True, xp=xp,
+                                    traced=_traced(logits, targets))
+            return out.loss, out.grad, out.dgamma
+        loss, grad = run(logits, targets, opts, axis, compiled, need_grad=True)
+        return loss, grad, loss.new_zeros(())
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        logits, _, opts, axis, _ = inputs
-        grad = output[1]
-        ctx.mark_non_differentiable(grad)
-        ctx.set_materialize_grads(False)  # no N×C zeros for the unused second output's gradient
-        ctx.save_for_backward(grad)
+        logits, targets, gamma, threshold, opts, axis, _ = inputs
+        _, grad, dgamma = output
+        ctx.mark_non_differentiable(grad, dgamma)
+        ctx.set_materialize_grads(False)  # no N×C zeros for the unused outputs' gradients
+        ctx.save_for_backward(grad, dgamma, logits, targets, gamma, threshold)
+        ctx.save_for_forward(grad, dgamma, logits, targets, gamma, threshold)
+        ctx.opts, ctx.axis = opts, axis
         # reduction="none": one loss per target, broadcast back along the class axis.
         ctx.class_axis = axis % logits.ndim if opts.reduction == "none" else None
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g, _):
-        nothing = (None,) * 4
-        if g is None:  # only the gradient output was used
-            return (None, *nothing)
-        if ctx.class_axis is not None:
-            (grad,) = ctx.saved_tensors
-            return (grad * g.unsqueeze(ctx.class_axis).to(grad.dtype), *nothing)
-        return (*stored_times(ctx.saved_tensors, g), *nothing)
+    def backward(ctx, g, *_):
+        nothing = (None,) * 3
+        if g is None:  # only the unused outputs were used
+            return (None,) * 7
+        grad, dgamma, logits, targets, gamma, threshold = ctx.saved_tensors
+        need_z, _, need_g, need_b = ctx.needs_input_grad[:4]
+        gamma_part = _gamma_part(ctx.opts, gamma) and need_g
+        if torch.is_grad_enabled():  # a graph is built: the gradient must itself be differentiable
+            grad, dgamma = _first().apply(logits, targets, gamma if gamma_part else None, threshold, grad, dgamma,
+                                        ctx.opts, ctx.axis)
+        dz = _times_upstream(grad, g, ctx.class_axis) if need_z else None
+        dg = None
+        if need_g:  # TaiLr holds W constant: 0
+            dg = ((dgamma * g.to(dgamma.dtype)).sum() if gamma_part else torch.zeros_like(gamma)).to(gamma.dtype)
+        db = torch.zeros_like(threshold) if need_b else None
+        return (dz, None, dg, db, *nothing)
+
+class _LossFwd(_Loss):
+    """:class:`_Loss` with forward mode (outside ``torch.compile``, whose Dynamo refuses a custom ``jvp``)."""
+
+    @staticmethod
+    def jvp(ctx, z_t, _, gamma_t, threshold_t, *__):
+        grad, dgamma, logits, targets, gamma, threshold = ctx.saved_tensors
+        _no_reverse_over_forward()
+        if torch.is_grad_enabled() and (logits.requires_grad or (gamma is not None and gamma.requires_grad)):
+            # plain autograd over forward mode: the tangent's gradient is the Hessian's
+            grad, dgamma = _first().apply(logits, targets, gamma if _gamma_part(ctx.opts, gamma) else None,
+                                        threshold, grad, dgamma, ctx.opts, ctx.axis)
+        loss_t = None
+        if z_t is not None:
+            loss_t = _contract(grad, z_t, ctx.class_axis)
+        if gamma_t is not None and not ctx.opts.tailr:
+            part = dgamma * gamma_t.to(dgamma.dtype)
+            loss_t = part if loss_t is None else loss_t + part
+        if loss_t is None:
+            loss_t = torch.zeros_like(dgamma if ctx.class_axis is None else grad.sum(dim=ctx.class_axis))
+        return loss_t, None, None
 
 
-def loss(logits, targets, opts, axis, compiled):
-    if torch.is_grad_enabled() and isinstance(logits, torch.Tensor) and logits.requires_grad:
-        return _Loss.apply(logits, targets, opts, axis, compiled)[0]
+class _First(torch.autograd.Function):
+    """``(grad, dgamma)`` of the loss as a differentiable function of ``logits`` and ``gamma``.
+
+    The forward pass hands over the values ``_Loss`` computed; the backward
+    pass and ``jvp`` are the Hessian(-vector) products of :class:`_Hvp`.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits, targets, gamma, threshold, grad, dgamma, opts, axis):
+        return grad.clone(), dgamma.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, targets, gamma, threshold, _, _, opts, axis = inputs
+        ctx.save_for_backward(logits, targets, gamma, threshold)
+        ctx.save_for_forward(logits, targets, gamma, threshold)
+        ctx.opts, ctx.axis = opts, axis
+
+    @staticmethod
+    def backward(ctx, u, u_gamma):
+        logits, targets, gamma, threshold = ctx.saved_tensors
+        u_gamma = u_gamma if _gamma_part(ctx.opts, gamma) else None
+        hv, dd = (_Hvp if torch.compiler.is_compiling() else _HvpFwd).apply(logits, targets, gamma, threshold, u, u_gamma, ctx.opts, ctx.axis)
+        return (hv if ctx.needs_input_grad[0] else None, None,
+                dd.to(gamma.dtype) if gamma is not None and ctx.needs_input_grad[2] else None,
+                torch.zeros_like(threshold) if threshold is not None and ctx.needs_input_grad[3] else None,
+                None, None, None, None)
+
+class _FirstFwd(_First):
+    """:class:`_First` with forward mode (outside ``torch.compile``)."""
+
+    @staticmethod
+    def jvp(ctx, z_t, _, gamma_t, *__):
+        logits, targets, gamma, threshold = ctx.saved_tensors
+        _no_reverse_over_forward()
+        gamma_t = gamma_t if _gamma_part(ctx.opts, gamma) else None
+        return (_Hvp if torch.compiler.is_compiling() else _HvpFwd).apply(logits, targets, gamma, threshold, z_t, gamma_t, ctx.opts, ctx.axis)
+
+
+class _Hvp(torch.autograd.Function):
+    """``(∇²L·v + ∂∇L/∂γ·γ̇, ⟨∂∇L/∂γ, v⟩ + ∂²L/∂γ²·γ̇)`` from the core; not differentiable (a third derivative).
+
+    Its ``backward`` raises, as :class:`_HvpFwd`'s ``jvp`` does.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits, targets, gamma, threshold, v, gamma_dot, opts, axis):
+        opts = _with(opts, gamma, threshold)
+        gamma_part = _gamma_part(opts, gamma)
+        out = _api.second_order(logits, targets, opts, axis=axis, v=v,
+                                gamma_dot=gamma_dot if gamma_part else None, need_grad=False,
+                                need_dgamma=gamma_part, xp=xp, traced=_traced(logits, targets, v))
+        hv = out.hvp if out.hvp is not None else torch.zeros_like(logits)
+        dd = out.dgamma_dot if out.dgamma_dot is not None else out.loss.new_zeros(())
+        return hv, dd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise NotImplementedError(_THIRD)
+
+
+class _HvpFwd(_Hvp):
+    """:class:`_Hvp` whose forward mode raises with the reason (outside ``torch.compile``)."""
+
+    @staticmethod
+    def jvp(ctx, *_):
+        raise NotImplementedError(_THIRD)
+
+
+def _loss():
+    return _Loss if torch.compiler.is_compiling() else _LossFwd
+
+
+def _first():
+    return _First if torch.compiler.is_compiling() else _FirstFwd
+
+
+def _followed(opts, gamma, threshold):
+    """``(opts, gamma, threshold)``: the γ and b tensors autograd follows (else ``None``), in ``opts`` too.
+
+    ``gamma``, ``threshold``: the caller's arguments (the options hold their
+    checked values, a Python float for a tensor that could be read).
+    """
+    gamma = gamma if differentiated(gamma) else None
+    threshold = threshold if differentiated(threshold) else None
+    if gamma is not None:
+        opts = opts.replace(gamma=gamma)
+    if threshold is not None:
+        opts = opts.replace(threshold=threshold)
+    return opts, gamma, threshold
+
+
+def loss(logits, targets, opts, axis, compiled, gamma=None, threshold=None):
+    """The loss of ``opts`` on ``logits``: through :class:`_Loss` where autograd follows an input."""
+    opts, gamma, threshold = _followed(opts, gamma, threshold)
+    if differentiated(logits) or gamma is not None or threshold is not None:
+        return _loss().apply(logits, targets, gamma, threshold, opts, axis, compiled)[0]
     return run(logits, targets, opts, axis, compiled, need_grad=False)[0]
+
+
+def value_and_grad(logits, targets, opts, axis, compiled=False, gamma=None, threshold=None):
+    """``(loss, grad)``, each differentiable with the exact derivatives (for ``gammace_ref``'s routing)."""
+    opts, gamma, threshold = _followed(opts, gamma, threshold)
+    if not (differentiated(logits) or gamma is not None or threshold is not None):
+        return run(logits, targets, opts, axis, compiled, need_grad=True)
+    value, grad, dgamma = _loss().apply(logits, targets, gamma, threshold, opts, axis, compiled)
+    gamma = gamma if _gamma_part(opts, gamma) else None
+    return value, _first().apply(logits, targets, gamma, threshold, grad, dgamma, opts, axis)[0]

@@ -29,8 +29,14 @@ class _Linear(torch.autograd.Function):
         return out.loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g):
+        # (once_differentiable would raise for a second derivative only where g itself requires grad:
+        # a MAML step through it would silently be first-order)
+        if torch.is_grad_enabled():
+            raise NotImplementedError(
+                "gammace_ref.torch.linear_*: second derivatives (create_graph=True: MAML, gradient penalties, "
+                "Hessian-vector products) are not implemented on the hidden-states path; use the logits "
+                "functions gammace_ref.torch.gamma_ce / tailr, whose second derivatives are exact")
         if ctx.opts.reduction == "none":
             hidden, weight, bias, targets = ctx.saved_tensors
             out = linear.run(hidden, weight, bias if ctx.has_bias else None, targets, ctx.opts, cotangent=g,
