@@ -9,7 +9,33 @@ the gradient back to the logits' layout and dtype).
 
 from __future__ import annotations
 
+import importlib
+
+import array_api_compat
+
 from . import _core, _docs, _execution, _options, _validation
+
+
+#: Array families whose autodiff would otherwise differentiate the core's formulas (TaiLr's weight,
+#: the branches of a masked target) and the adapter that carries the analytic derivatives instead.
+_ADAPTERS = ((array_api_compat.is_jax_array, "gammace_ref.jax"),
+             (array_api_compat.is_torch_array, "gammace_ref.torch._autograd"))
+
+
+def adapted(what, opts, logits, targets, *, axis, gamma=None, threshold=None, v=None):
+    """The adapter's result where an autodiff system follows the arrays (a JAX tracer, a torch tensor that
+    requires grad or carries a forward-mode tangent), else ``None``.
+
+    ``what``: ``"loss"``, ``"value_and_grad"``, ``"hvp"`` or ``"dgamma"``;
+    ``gamma``/``threshold``: the caller's arguments (a tensor autograd follows).
+    Only the array family is recognised here (through array-api-compat); what
+    "followed" means is each adapter's ``from_core``.
+    """
+    for is_family, module in _ADAPTERS:
+        if is_family(logits):
+            return importlib.import_module(module).from_core(what, logits, targets, opts, axis, gamma=gamma,
+                                                             threshold=threshold, v=v)
+    return None
 
 
 def value_and_grad(logits, targets, opts: _options.Options, *, axis=-1, need_grad=True, xp=None, traced=False):
@@ -62,6 +88,8 @@ def gamma_ce_value_and_grad(logits, targets, gamma, *, axis=-1, reduction="mean"
     -1.751302152539304e-26
     """
     opts = _validation.options_of(locals())
+    if (out := adapted("value_and_grad", opts, logits, targets, axis=axis, gamma=gamma)) is not None:
+        return out
     return value_and_grad(logits, targets, opts, axis=axis)
 
 
@@ -71,6 +99,8 @@ def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=
     """γ-cross-entropy ``-log(γ + (1-γ)p)/(1-γ)`` (no gradient work); see :func:`gamma_ce_value_and_grad`.
     """
     opts = _validation.options_of(locals())
+    if (out := adapted("loss", opts, logits, targets, axis=axis, gamma=gamma)) is not None:
+        return out
     return value_and_grad(logits, targets, opts, axis=axis, need_grad=False)[0]
 
 
@@ -104,6 +134,9 @@ def tailr_value_and_grad(logits, targets, gamma, threshold, *, axis=-1, reductio
     :func:`gamma_ce` gradient; γ = 1, b = 0 is DFT's ``sg(p)·(-log p)``.
     """
     opts = _validation.options_of(locals())
+    out = adapted("value_and_grad", opts, logits, targets, axis=axis, gamma=gamma, threshold=threshold)
+    if out is not None:
+        return out
     return value_and_grad(logits, targets, opts, axis=axis)
 
 
@@ -113,6 +146,8 @@ def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignor
     """TaiLr surrogate ``clip(w, b, 1)·(-log p)`` (no gradient work); see :func:`tailr_value_and_grad`.
     """
     opts = _validation.options_of(locals())
+    if (out := adapted("loss", opts, logits, targets, axis=axis, gamma=gamma, threshold=threshold)) is not None:
+        return out
     return value_and_grad(logits, targets, opts, axis=axis, need_grad=False)[0]
 
 
@@ -234,6 +269,8 @@ def gamma_ce_hvp(logits, targets, gamma, v, *, axis=-1, reduction="mean", ignore
     [[ 0.007958  0.009254 -0.013525 -0.003686]]
     """
     opts = _validation.options_of(locals())
+    if (out := adapted("hvp", opts, logits, targets, axis=axis, gamma=gamma, v=v)) is not None:
+        return out
     return second_order(logits, targets, opts, axis=axis, v=v, need_grad=False).hvp
 
 
@@ -247,6 +284,9 @@ def tailr_hvp(logits, targets, gamma, threshold, v, *, axis=-1, reduction="mean"
     Jacobian of the paper's gradient field (which would differentiate ``W``).
     """
     opts = _validation.options_of(locals())
+    out = adapted("hvp", opts, logits, targets, axis=axis, gamma=gamma, threshold=threshold, v=v)
+    if out is not None:
+        return out
     return second_order(logits, targets, opts, axis=axis, v=v, need_grad=False).hvp
 
 
@@ -276,4 +316,6 @@ def gamma_ce_dgamma(logits, targets, gamma, *, axis=-1, reduction="mean", ignore
     -2.023960
     """
     opts = _validation.options_of(locals())
+    if (out := adapted("dgamma", opts, logits, targets, axis=axis, gamma=gamma)) is not None:
+        return out
     return second_order(logits, targets, opts, axis=axis, need_grad=False, need_dgamma=True).dgamma

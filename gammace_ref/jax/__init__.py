@@ -197,6 +197,28 @@ def dgamma(logits, targets, opts, axis):
     return _call(_first, (logits, targets), opts, axis, (False, True))[2]
 
 
+def from_core(what, logits, targets, opts, axis, *, gamma=None, threshold=None, v=None):
+    """``gammace_ref``'s functions on JAX tracers (``jit``, ``grad``, ``vmap``, ...): through the custom rules.
+
+    A transformation of a function that calls ``gammace_ref.gamma_ce`` (or
+    ``tailr``, ``*_value_and_grad``, ``gamma_ce_dgamma``) then differentiates
+    it with the exact derivatives of this module (and ``*_hvp``, whose
+    derivative would be a third one, raises when differentiated).  Concrete
+    arrays (no transformation) return ``None``: the core runs as it is.
+    """
+    if not any(isinstance(a, jax.core.Tracer) for a in (logits, targets, v, opts.gamma, opts.threshold, opts.where)):
+        return None
+    if what == "loss":
+        return _call(_loss, (logits, targets), opts, axis)
+    if what == "value_and_grad":
+        return value_and_grad(logits, targets, opts, axis)
+    if what == "dgamma":
+        return dgamma(logits, targets, opts, axis)
+    static, operands = opts.split()
+    return _second(logits, targets, tuple(None if o is None else jnp.asarray(o) for o in operands), v, None, static,
+                   axis, (False, False)).hvp
+
+
 @_docs.shared("loss")
 def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=None, label_smoothing=0.0, where=None):
     """γ-CE loss of :func:`gammace_ref.gamma_ce`, differentiable with its exact first and second derivatives.

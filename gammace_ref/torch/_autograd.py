@@ -287,3 +287,26 @@ def value_and_grad(logits, targets, opts, axis, compiled=False, gamma=None, thre
     value, grad, dgamma = _loss().apply(logits, targets, gamma, threshold, opts, axis, compiled)
     gamma = gamma if _gamma_part(opts, gamma) else None
     return value, _first().apply(logits, targets, gamma, threshold, grad, dgamma, opts, axis)[0]
+
+
+def from_core(what, logits, targets, opts, axis, *, gamma=None, threshold=None, v=None):
+    """``gammace_ref``'s functions on tensors autograd follows: through these functions (eagerly).
+
+    ``None`` where nothing is followed (the core then runs as it is).
+    ``"hvp"`` gives the product, whose derivative (a third one) raises;
+    ``"dgamma"`` a dL/dγ differentiable in the logits and γ.
+    """
+    if not any(differentiated(t) for t in (logits, gamma, threshold, v)):
+        return None
+    if what == "loss":
+        return loss(logits, targets, opts, axis, False, gamma=gamma, threshold=threshold)
+    if what == "value_and_grad":
+        return value_and_grad(logits, targets, opts, axis, False, gamma=gamma, threshold=threshold)
+    opts, gamma, threshold = _followed(opts, gamma, threshold)
+    if what == "hvp":
+        return (_Hvp if torch.compiler.is_compiling() else _HvpFwd).apply(logits, targets, gamma, threshold, v, None,
+                                                                           opts, axis)[0]
+    # "dgamma": γ as an input even where it is a number, so that d(dL/dγ)/dz is the mixed derivative
+    gamma = torch.as_tensor(opts.gamma, dtype=torch.float64, device=logits.device) if gamma is None else gamma
+    value, grad, dgamma = _loss().apply(logits, targets, gamma, threshold, opts.replace(gamma=gamma), axis, False)
+    return _first().apply(logits, targets, gamma, threshold, grad, dgamma, opts.replace(gamma=gamma), axis)[1]
