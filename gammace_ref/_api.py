@@ -22,19 +22,19 @@ _ADAPTERS = ((array_api_compat.is_jax_array, "gammace_ref.jax"),
              (array_api_compat.is_torch_array, "gammace_ref.torch._autograd"))
 
 
-def adapted(what, opts, logits, targets, *, axis, gamma=None, threshold=None, v=None):
+def adapted(what, arguments: dict):
     """The adapter's result where an autodiff system follows the arrays (a JAX tracer, a torch tensor that
     requires grad or carries a forward-mode tangent), else ``None``.
 
     ``what``: ``"loss"``, ``"value_and_grad"``, ``"hvp"`` or ``"dgamma"``;
-    ``gamma``/``threshold``: the caller's arguments (a tensor autograd follows).
-    Only the array family is recognised here (through array-api-compat); what
-    "followed" means is each adapter's ``from_core``.
+    ``arguments``: the public function's own (``locals()`` at its top: the
+    adapter checks them as the function would).  Only the array family is
+    recognised here (through array-api-compat); what "followed" means is each
+    adapter's ``from_core``.
     """
     for is_family, module in _ADAPTERS:
-        if is_family(logits):
-            return importlib.import_module(module).from_core(what, logits, targets, opts, axis, gamma=gamma,
-                                                             threshold=threshold, v=v)
+        if is_family(arguments["logits"]):
+            return importlib.import_module(module).from_core(what, arguments)
     return None
 
 
@@ -87,9 +87,9 @@ def gamma_ce_value_and_grad(logits, targets, gamma, *, axis=-1, reduction="mean"
     >>> print(f"{float(g[0, 0]):.15e}")         # -w·(1 - p), not 0
     -1.751302152539304e-26
     """
-    opts = _validation.options_of(locals())
-    if (out := adapted("value_and_grad", opts, logits, targets, axis=axis, gamma=gamma)) is not None:
+    if (out := adapted("value_and_grad", locals())) is not None:
         return out
+    opts = _validation.options_of(locals())
     return value_and_grad(logits, targets, opts, axis=axis)
 
 
@@ -98,9 +98,9 @@ def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=
              where=None):
     """γ-cross-entropy ``-log(γ + (1-γ)p)/(1-γ)`` (no gradient work); see :func:`gamma_ce_value_and_grad`.
     """
-    opts = _validation.options_of(locals())
-    if (out := adapted("loss", opts, logits, targets, axis=axis, gamma=gamma)) is not None:
+    if (out := adapted("loss", locals())) is not None:
         return out
+    opts = _validation.options_of(locals())
     return value_and_grad(logits, targets, opts, axis=axis, need_grad=False)[0]
 
 
@@ -133,10 +133,9 @@ def tailr_value_and_grad(logits, targets, gamma, threshold, *, axis=-1, reductio
     ``W``); the gradient is the paper's.  ``b = 0`` gives exactly the
     :func:`gamma_ce` gradient; γ = 1, b = 0 is DFT's ``sg(p)·(-log p)``.
     """
-    opts = _validation.options_of(locals())
-    out = adapted("value_and_grad", opts, logits, targets, axis=axis, gamma=gamma, threshold=threshold)
-    if out is not None:
+    if (out := adapted("value_and_grad", locals())) is not None:
         return out
+    opts = _validation.options_of(locals())
     return value_and_grad(logits, targets, opts, axis=axis)
 
 
@@ -145,9 +144,9 @@ def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignor
           where=None):
     """TaiLr surrogate ``clip(w, b, 1)·(-log p)`` (no gradient work); see :func:`tailr_value_and_grad`.
     """
-    opts = _validation.options_of(locals())
-    if (out := adapted("loss", opts, logits, targets, axis=axis, gamma=gamma, threshold=threshold)) is not None:
+    if (out := adapted("loss", locals())) is not None:
         return out
+    opts = _validation.options_of(locals())
     return value_and_grad(logits, targets, opts, axis=axis, need_grad=False)[0]
 
 
@@ -268,9 +267,9 @@ def gamma_ce_hvp(logits, targets, gamma, v, *, axis=-1, reduction="mean", ignore
     >>> print(np.array2string(hv, precision=6))
     [[ 0.007958  0.009254 -0.013525 -0.003686]]
     """
-    opts = _validation.options_of(locals())
-    if (out := adapted("hvp", opts, logits, targets, axis=axis, gamma=gamma, v=v)) is not None:
+    if (out := adapted("hvp", locals())) is not None:
         return out
+    opts = _validation.options_of(locals())
     return second_order(logits, targets, opts, axis=axis, v=v, need_grad=False).hvp
 
 
@@ -283,10 +282,9 @@ def tailr_hvp(logits, targets, gamma, threshold, v, *, axis=-1, reduction="mean"
     ``-stop_gradient(W)·log p`` that the official criterion trains, not the
     Jacobian of the paper's gradient field (which would differentiate ``W``).
     """
-    opts = _validation.options_of(locals())
-    out = adapted("hvp", opts, logits, targets, axis=axis, gamma=gamma, threshold=threshold, v=v)
-    if out is not None:
+    if (out := adapted("hvp", locals())) is not None:
         return out
+    opts = _validation.options_of(locals())
     return second_order(logits, targets, opts, axis=axis, v=v, need_grad=False).hvp
 
 
@@ -315,7 +313,7 @@ def gamma_ce_dgamma(logits, targets, gamma, *, axis=-1, reduction="mean", ignore
     >>> print(f"{float(gamma_ce_dgamma(z, y, 0.3)):.6f}")
     -2.023960
     """
-    opts = _validation.options_of(locals())
-    if (out := adapted("dgamma", opts, logits, targets, axis=axis, gamma=gamma)) is not None:
+    if (out := adapted("dgamma", locals())) is not None:
         return out
+    opts = _validation.options_of(locals())
     return second_order(logits, targets, opts, axis=axis, need_grad=False, need_dgamma=True).dgamma

@@ -344,13 +344,15 @@ def second_order(xp, z, y, opts: Options, *, v=None, gamma_dot=None, need_grad=T
 
     ``z``, ``y``, ``plan`` as in :func:`compute`; ``v``: a tangent of ``z``
     (its shape, compute layout) or ``None`` (zero); ``gamma_dot``: a tangent
-    of γ (0-d) or ``None`` (zero).  ``hvp`` and ``dgamma_dot`` come when
+    of γ (0-d, or one per target) or ``None`` (zero).  ``hvp`` and ``dgamma_dot`` come when
     either is given.  TaiLr holds its weight constant: its dL/dγ and every γ
     term are 0.  O(N·C) work and memory, never C×C.
     """
     n_classes = plan.n_classes(z.shape[-1])
     valid, bad, rows, e, t, loss, scale = _prepared(xp, z, y, opts, plan)
     eps_ls, dtype = opts.label_smoothing, z.dtype
+    if gamma_dot is not None and getattr(gamma_dot, "ndim", 0):  # one γ̇ per target (a transposed product)
+        gamma_dot = gamma_dot[..., None]
     d = xp.where(rows.ok, rows.z_y - rows.m, 0.0)
     q = rows.R / t.s
     gamma_part = not opts.tailr
@@ -395,11 +397,15 @@ def second_order(xp, z, y, opts: Options, *, v=None, gamma_dot=None, need_grad=T
                 on = K * jv_y
             else:
                 hvp = e * ((diff - tau) * (KR / t.s) + (diff - (tau + tv)) * (R / t.s))
-                on = KR * jv_y + R * (jv_y + q * tv)
+                # Jv_y = -p·t: where q ≤ p/2, |q·t| ≤ |Jv_y|/2 and nothing cancels in K·Jv_y + R·q·t (R ≤ K),
+                # nor does a small coefficient multiply the small Jv_y on its own (a flush-to-zero unit
+                # would lose that product).  (The choice does not depend on v: the product stays linear.)
+                qt = q * tv
+                on = xp.where(q <= 0.5 * s_y, K * jv_y + R * qt, KR * jv_y + R * (jv_y + qt))
             if G is not None:
                 hvp = hvp + e * (G / t.s)
                 on = on - q * G
-            if gamma_part:
+            if gamma_part and need_dgamma:
                 terms_g.append(dw * tv)
         else:
             hvp = e * (G / t.s) if G is not None else xp.zeros_like(e)

@@ -17,7 +17,6 @@ is marked, :func:`raise_bad_rows` names the first one.
 from __future__ import annotations
 
 import numbers
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,9 +49,7 @@ def unit_interval(name: str, value: Any) -> Any:
         if getattr(value, "ndim", 0) != 0:
             raise ValueError(f"{name} must be a scalar or a 0-d array, got shape {tuple(value.shape)}")
         try:
-            with warnings.catch_warnings():  # (torch warns on reading a tensor autograd follows: intended here)
-                warnings.simplefilter("ignore")
-                v = float(value)
+            v = float(value)
         except TypeError:
             return value  # traced: no value to check; out of range gives NaN in the core
     else:

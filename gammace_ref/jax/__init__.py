@@ -76,14 +76,33 @@ class _Fused(_execution.Masked):
         return jnp.exp(z - m) * jnp.minimum(jnp.abs(j - y), 1).astype(dt)
 
 
-def _run(logits, targets, opts, axis, *, v=None, gamma_dot=None, need_grad=True, need_dgamma=False, plan=_Fused):
+class _FusedSharded(_execution.Sharded):
+    """This device's slice of the classes inside ``shard_map`` (mesh axis ``axis_name``), masked as :class:`_Fused`.
+
+    The slice is ``[i·C_local, (i+1)·C_local)`` for the device's index ``i``
+    along the axis; the row maxima and sums are ``pmax``/``psum`` across it:
+    O(N) values, never the logits.
+    """
+
+    def __init__(self, xp, device, y, axis_name, n_local):
+        size = jax.lax.axis_size(axis_name)
+        super().__init__(xp, device, offset=jax.lax.axis_index(axis_name) * n_local, n_classes=size * n_local,
+                         max=functools.partial(jax.lax.pmax, axis_name=axis_name),
+                         sum=functools.partial(jax.lax.psum, axis_name=axis_name))
+        self.y = y - self.offset
+
+    exp_off_target = _Fused.exp_off_target
+
+
+def _run(logits, targets, opts, axis, *, v=None, gamma_dot=None, need_grad=True, need_dgamma=False, shard=None):
     """The core on JAX arrays: ``compute`` for the value and gradient, ``second_order`` beyond (a ``Second``).
 
-    ``plan(xp, device, y)``: the execution plan (:class:`_Fused`, or a sharded one).
+    ``shard``: ``None``, or the mesh axis name the classes are split over
+    (inside ``shard_map``: the row reductions run across it).
     """
     logits, targets = _as_jax(logits, targets)
     a = _validation.check_logits(logits, targets, opts, axis=axis)
-    p = plan(a.xp, a.device, a.y)
+    p = _Fused(a.xp, a.device, a.y) if shard is None else _FusedSharded(a.xp, a.device, a.y, shard, a.z.shape[-1])
     if v is None and gamma_dot is None and not need_dgamma:
         loss, grad, _ = _core.compute(a.xp, a.z, a.y, opts, need_grad=need_grad, plan=p)
         out = _core.Second(loss, grad, None, None, None)
@@ -104,12 +123,13 @@ def _gamma_tangent(static, operands, tangents):
     return tangents[0]
 
 
-def _contract(grad, dz, per_row, axis, dtype):
-    """``⟨grad, dz⟩`` per row (``reduction="none"``: over the class axis) or in all."""
+def _contract(grad, dz, per_row, axis, dtype, shard=None):
+    """``⟨grad, dz⟩`` per row (``reduction="none"``: over the class axis) or in all (across ``shard`` too)."""
     if _zero(dz):
         return None
     prod = grad * dz.astype(grad.dtype)
-    return (jnp.sum(prod, axis=axis) if per_row else jnp.sum(prod)).astype(dtype)
+    out = (jnp.sum(prod, axis=axis) if per_row else jnp.sum(prod)).astype(dtype)
+    return out if shard is None else jax.lax.psum(out, shard)
 
 
 def _add(*terms):
@@ -125,37 +145,37 @@ def _add(*terms):
 # second-order pass), which refuses a third derivative.
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
-def _loss(logits, targets, operands, static, axis):
-    return _run(logits, targets, _options.Options.join(static, operands), axis, need_grad=False).loss
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
+def _loss(logits, targets, operands, static, axis, shard):
+    return _run(logits, targets, _options.Options.join(static, operands), axis, need_grad=False, shard=shard).loss
 
 
 @functools.partial(_loss.defjvp, symbolic_zeros=True)
-def _loss_jvp(static, axis, primals, tangents):
+def _loss_jvp(static, axis, shard, primals, tangents):
     logits, targets, operands = primals
     dz, dgam = tangents[0], _gamma_tangent(static, operands, tangents[2])
-    loss, grad, dgamma = _first(logits, targets, operands, static, axis, (not _zero(dz), dgam is not None))
-    dot = _add(_contract(grad, dz, static.reduction == "none", axis, loss.dtype),
+    loss, grad, dgamma = _first(logits, targets, operands, static, axis, shard, (not _zero(dz), dgam is not None))
+    dot = _add(_contract(grad, dz, static.reduction == "none", axis, loss.dtype, shard),
                None if dgam is None else dgamma * dgam.astype(loss.dtype))
     return loss, jnp.zeros_like(loss) if dot is None else dot
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
-def _first(logits, targets, operands, static, axis, flags):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5, 6))
+def _first(logits, targets, operands, static, axis, shard, flags):
     """``(loss, grad, dgamma)``; ``flags = (need_grad, need_dgamma)`` (``None`` for what is not needed)."""
-    out = _second(logits, targets, operands, None, None, static, axis, flags)
+    out = _second(logits, targets, operands, None, None, static, axis, shard, flags)
     return out.loss, out.grad, out.dgamma
 
 
 @functools.partial(_first.defjvp, symbolic_zeros=True)
-def _first_jvp(static, axis, flags, primals, tangents):
+def _first_jvp(static, axis, shard, flags, primals, tangents):
     logits, targets, operands = primals
     dz, dgam = tangents[0], _gamma_tangent(static, operands, tangents[2])
     v = None if _zero(dz) else dz
     need_grad, need_dgamma = flags
-    out = _second(logits, targets, operands, v, dgam, static, axis,
+    out = _second(logits, targets, operands, v, dgam, static, axis, shard,
                   (need_grad or v is not None, need_dgamma or dgam is not None))
-    loss_dot = _add(_contract(out.grad, v, static.reduction == "none", axis, out.loss.dtype),
+    loss_dot = _add(_contract(out.grad, v, static.reduction == "none", axis, out.loss.dtype, shard),
                     None if dgam is None else out.dgamma * dgam.astype(out.loss.dtype))
     primal = (out.loss, out.grad if need_grad else None, out.dgamma if need_dgamma else None)
     tangent = (jnp.zeros_like(out.loss) if loss_dot is None else loss_dot,
@@ -164,16 +184,16 @@ def _first_jvp(static, axis, flags, primals, tangents):
     return primal, tangent
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7))
-def _second(logits, targets, operands, v, gamma_dot, static, axis, flags):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7, 8))
+def _second(logits, targets, operands, v, gamma_dot, static, axis, shard, flags):
     """:func:`gammace_ref._core.second_order`: the loss, gradient, dL/dγ and their tangents along ``(v, γ̇)``."""
     need_grad, need_dgamma = flags
     return _run(logits, targets, _options.Options.join(static, operands), axis, v=v, gamma_dot=gamma_dot,
-                need_grad=need_grad, need_dgamma=need_dgamma)
+                need_grad=need_grad, need_dgamma=need_dgamma, shard=shard)
 
 
 @_second.defjvp
-def _second_jvp(static, axis, flags, primals, tangents):
+def _second_jvp(static, axis, shard, flags, primals, tangents):
     raise NotImplementedError("gammace_ref.jax: third and higher derivatives of the loss are not implemented "
                               "(the first and second are exact; a third would differentiate the closed-form "
                               "Hessian-vector product)")
@@ -189,34 +209,38 @@ def _call(fn, arrays, opts, *static_args):
 
 def value_and_grad(logits, targets, opts, axis):
     """``(loss, grad)`` of the core, each differentiable with the exact derivatives (for ``gammace_ref``'s routing)."""
-    return _call(_first, (logits, targets), opts, axis, (True, False))[:2]
+    return _call(_first, (logits, targets), opts, axis, None, (True, False))[:2]
 
 
 def dgamma(logits, targets, opts, axis):
     """dL/dγ of the core, differentiable (second derivatives) with the exact closed forms."""
-    return _call(_first, (logits, targets), opts, axis, (False, True))[2]
+    return _call(_first, (logits, targets), opts, axis, None, (False, True))[2]
 
 
-def from_core(what, logits, targets, opts, axis, *, gamma=None, threshold=None, v=None):
+def from_core(what, arguments):
     """``gammace_ref``'s functions on JAX tracers (``jit``, ``grad``, ``vmap``, ...): through the custom rules.
 
-    A transformation of a function that calls ``gammace_ref.gamma_ce`` (or
-    ``tailr``, ``*_value_and_grad``, ``gamma_ce_dgamma``) then differentiates
-    it with the exact derivatives of this module (and ``*_hvp``, whose
-    derivative would be a third one, raises when differentiated).  Concrete
-    arrays (no transformation) return ``None``: the core runs as it is.
+    ``arguments``: the core function's own.  A transformation of a function
+    that calls ``gammace_ref.gamma_ce`` (or ``tailr``, ``*_value_and_grad``,
+    ``gamma_ce_dgamma``) then differentiates it with the exact derivatives of
+    this module (and ``*_hvp``, whose derivative would be a third one, raises
+    when differentiated).  Concrete arrays (no transformation) return
+    ``None``: the core runs as it is.
     """
-    if not any(isinstance(a, jax.core.Tracer) for a in (logits, targets, v, opts.gamma, opts.threshold, opts.where)):
+    names = ("logits", "targets", "v", "gamma", "threshold", "where")
+    if not any(isinstance(arguments.get(k), jax.core.Tracer) for k in names):
         return None
+    opts = _validation.options_of(arguments)
+    logits, targets, axis = arguments["logits"], arguments["targets"], arguments["axis"]
     if what == "loss":
-        return _call(_loss, (logits, targets), opts, axis)
+        return _call(_loss, (logits, targets), opts, axis, None)
     if what == "value_and_grad":
         return value_and_grad(logits, targets, opts, axis)
     if what == "dgamma":
         return dgamma(logits, targets, opts, axis)
     static, operands = opts.split()
-    return _second(logits, targets, tuple(None if o is None else jnp.asarray(o) for o in operands), v, None, static,
-                   axis, (False, False)).hvp
+    return _second(logits, targets, tuple(None if o is None else jnp.asarray(o) for o in operands), arguments["v"],
+                   None, static, axis, None, (False, False)).hvp
 
 
 @_docs.shared("loss")
@@ -224,7 +248,7 @@ def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=
     """γ-CE loss of :func:`gammace_ref.gamma_ce`, differentiable with its exact first and second derivatives.
     """
     opts = _validation.options_of(locals())
-    return _call(_loss, (logits, targets), opts, axis)
+    return _call(_loss, (logits, targets), opts, axis, None)
 
 
 @_docs.shared("loss")
@@ -233,7 +257,7 @@ def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignor
     """TaiLr objective of :func:`gammace_ref.tailr`: the paper's gradient, the stop-gradient surrogate's Hessian.
     """
     opts = _validation.options_of(locals())
-    return _call(_loss, (logits, targets), opts, axis)
+    return _call(_loss, (logits, targets), opts, axis, None)
 
 
 # --------------------------------------------------------------------------- from hidden states

@@ -148,16 +148,24 @@ def hessian_row(z, y, gamma, threshold=None, label_smoothing=0.0, dps=DPS):
 def hvp_row(z, y, v, gamma, threshold=None, label_smoothing=0.0, dps=DPS):
     """``∇²L·v`` (list of mpmath numbers) of one row, O(C): ``K·s⊙(v - sᵀv) - R·(s - e)·((s - e)ᵀv)``."""
     zs, s, q, _, _ = _softmax(tuple(z), y, dps)
+    jv, t = _jv(tuple(z), y, tuple(v), dps)
     with mp.workdps(dps):
         K, R = _curvature(s[y], q, gamma, threshold, mpf(label_smoothing))
-        vs = [mpf(x) for x in v]
-        # sᵀv - v_m relative to the top class m, whose 1 - s_m is also the others' mass
-        m = max(range(len(zs)), key=lambda j: zs[j])
-        sv = mpmath.fsum(s[j] * (vs[j] - vs[m]) for j in range(len(zs)) if j != m)
-        t = sv + vs[m] - vs[y]  # (s - e)ᵀv = sᵀv - v_y
-        out = [K * s[j] * ((vs[j] - vs[m]) - sv) - R * s[j] * t for j in range(len(zs))]
-        out[y] = K * s[y] * ((vs[y] - vs[m]) - sv) + R * q * t
+        out = [K * jv[j] - R * t * s[j] for j in range(len(zs))]
+        out[y] = K * jv[y] + R * q * t
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _jv(z, y, v, dps):
+    """``((diag s - s sᵀ)·v, (s - e)ᵀv)`` of one row: ``s_j·(v_j - sᵀv)`` with ``sᵀv - v_m`` summed relative
+    to the top class ``m`` (whose ``1 - s_m`` is the others' mass), and ``sᵀv - v_y``."""
+    zs, s, q, _, _ = _softmax(z, y, dps)
+    with mp.workdps(dps):
+        vs = [mpf(x) for x in v]
+        m = max(range(len(zs)), key=lambda j: zs[j])
+        sv = mpmath.fsum(s[j] * (vs[j] - vs[m]) for j in range(len(zs)) if j != m)  # sᵀv - v_m
+        return [s[j] * ((vs[j] - vs[m]) - sv) for j in range(len(zs))], sv + vs[m] - vs[y]
 
 
 def _loss_of_gamma(p, q):

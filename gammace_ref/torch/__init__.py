@@ -57,7 +57,7 @@ def gamma_ce(logits, targets, gamma, *, axis=-1, reduction="mean", ignore_index=
              compiled=True):
     """γ-CE loss of :func:`gammace_ref.gamma_ce` as a differentiable torch op (the exact gradient).
     """
-    opts = _validation.options_of(locals())
+    opts = _autograd.options(locals())
     return _autograd.loss(logits, targets, opts, axis, compiled, gamma=gamma)
 
 
@@ -66,7 +66,7 @@ def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignor
           label_smoothing=0.0, where=None, compiled=True):
     """TaiLr objective of :func:`gammace_ref.tailr` as a differentiable torch op (the paper's gradient).
     """
-    opts = _validation.options_of(locals())
+    opts = _autograd.options(locals())
     return _autograd.loss(logits, targets, opts, axis, compiled, gamma=gamma, threshold=threshold)
 
 
@@ -79,7 +79,7 @@ class GammaCELoss(torch.nn.Module):
 
     def __init__(self, gamma, *, ignore_index=-100, reduction="mean", label_smoothing=0.0, compiled=True):
         super().__init__()
-        opts = _validation.options_of(locals())
+        opts = _autograd.options(locals())
         self.gamma, self.ignore_index, self.reduction = opts.gamma, opts.ignore_index, opts.reduction
         self.label_smoothing, self.compiled = opts.label_smoothing, compiled
 
@@ -128,7 +128,7 @@ def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mea
     derivatives and a γ (or threshold) tensor that requires grad raise
     ``NotImplementedError``: the logits functions have them, exact.
     """
-    opts = _validation.options_of(locals())
+    opts = _autograd.options(locals())
     _no_followed_options(gamma)
     return _linear.run(hidden, weight, bias, targets, opts, memory_budget, chunk_size)
 
@@ -138,6 +138,6 @@ def linear_tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduct
                  label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
     """TaiLr objective of ``F.linear(hidden, weight, bias)`` with the paper's gradient, chunk by chunk.
     """
-    opts = _validation.options_of(locals())
+    opts = _autograd.options(locals())
     _no_followed_options(gamma, threshold)
     return _linear.run(hidden, weight, bias, targets, opts, memory_budget, chunk_size)

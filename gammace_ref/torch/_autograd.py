@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from .. import _api
+from .. import _api, _validation
 from ._kernel import is_batched, run, xp
 
 _THIRD = ("gammace_ref.torch: third and higher derivatives of the loss are not implemented (the first and "
@@ -289,15 +289,39 @@ def value_and_grad(logits, targets, opts, axis, compiled=False, gamma=None, thre
     return value, _first().apply(logits, targets, gamma, threshold, grad, dgamma, opts, axis)[0]
 
 
-def from_core(what, logits, targets, opts, axis, *, gamma=None, threshold=None, v=None):
+def options(arguments: dict):
+    """The checked options of a function's ``arguments`` (its ``locals()``), γ and threshold tensors included.
+
+    Such a tensor is read detached (torch warns on reading one autograd
+    follows), and not read at all while a compiler traces it: it then stays
+    a traced operand (a value outside [0, 1] gives NaN, as in the core).
+    """
+    args, traced = dict(arguments), {}
+    for name in ("gamma", "threshold"):
+        value = args.get(name)
+        if isinstance(value, torch.Tensor):
+            if value.ndim != 0:
+                raise ValueError(f"{name} must be a scalar or a 0-d array, got shape {tuple(value.shape)}")
+            if torch.compiler.is_compiling():
+                traced[name], args[name] = value, 0.0
+            else:
+                args[name] = value.detach()
+    opts = _validation.options_of(args)
+    return opts.replace(**traced) if traced else opts
+
+
+def from_core(what, arguments):
     """``gammace_ref``'s functions on tensors autograd follows: through these functions (eagerly).
 
-    ``None`` where nothing is followed (the core then runs as it is).
-    ``"hvp"`` gives the product, whose derivative (a third one) raises;
-    ``"dgamma"`` a dL/dγ differentiable in the logits and γ.
+    ``arguments``: the core function's own.  ``None`` where nothing is
+    followed (the core then runs as it is).  ``"hvp"`` gives the product,
+    whose derivative (a third one) raises; ``"dgamma"`` a dL/dγ differentiable
+    in the logits and γ.
     """
+    logits, gamma, threshold, v = (arguments.get(k) for k in ("logits", "gamma", "threshold", "v"))
     if not any(differentiated(t) for t in (logits, gamma, threshold, v)):
         return None
+    targets, axis, opts = arguments["targets"], arguments["axis"], options(arguments)
     if what == "loss":
         return loss(logits, targets, opts, axis, False, gamma=gamma, threshold=threshold)
     if what == "value_and_grad":
