@@ -34,6 +34,7 @@ default (``None``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -173,8 +174,9 @@ def _first_jvp(static, axis, shard, flags, primals, tangents):
     dz, dgam = tangents[0], _gamma_tangent(static, operands, tangents[2])
     v = None if _zero(dz) else dz
     need_grad, need_dgamma = flags
-    out = _second(logits, targets, operands, v, dgam, static, axis, shard,
-                  (need_grad or v is not None, need_dgamma or dgam is not None))
+    # (the Hessian-vector product only where the gradient's tangent is wanted)
+    out = _second(logits, targets, operands, v if need_grad else None, dgam if need_grad or need_dgamma else None,
+                  static, axis, shard, (need_grad or v is not None, need_dgamma or dgam is not None))
     loss_dot = _add(_contract(out.grad, v, static.reduction == "none", axis, out.loss.dtype, shard),
                     None if dgam is None else out.dgamma * dgam.astype(out.loss.dtype))
     primal = (out.loss, out.grad if need_grad else None, out.dgamma if need_dgamma else None)
@@ -261,47 +263,139 @@ def tailr(logits, targets, gamma, threshold, *, axis=-1, reduction="mean", ignor
 
 
 # --------------------------------------------------------------------------- from hidden states
-# `sizes`: (memory_budget, chunk_size).
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _linear_loss(hidden, weight, bias, targets, operands, static, sizes):
-    return _linear_fwd(hidden, weight, bias, targets, operands, static, sizes)[0]
+# The same three levels for logits = hidden @ weight.T + bias, chunk by chunk (`sizes`: (memory_budget,
+# chunk_size)): `_linear_loss` (the value, gammace_ref.linear's loss-only pass) → its tangent from
+# `_linear_first` (value and the three gradients in the fused pass; "none": the per-row tangents by
+# `_linear_rows`) → whose tangent is the forward-mode derivative of `_by_chunks`, the same gradients
+# written as a scan over chunk logits through `_first`, so that every second derivative is the exact
+# logits Hessian chained through the (bilinear) layer.
 
 
-def _linear_run(arrays, operands, static, sizes, **kw):
+def _linear_checked(hidden, weight, bias, targets, operands, static, sizes):
     memory_budget, chunk_size = sizes
-    return linear.run(*_as_jax(*arrays), _options.Options.join(static, operands), memory_budget=memory_budget,
-                      chunk_size=chunk_size, scan=jax.lax.scan, **kw)
+    hidden, weight, bias, targets = _as_jax(hidden, weight, bias, targets)
+    return _validation.check_linear(hidden, weight, bias, targets, _options.Options.join(static, operands),
+                                    memory_budget=memory_budget, chunk_size=chunk_size)
 
 
-def _linear_fwd(hidden, weight, bias, targets, operands, static, sizes):
-    arrays = (hidden, weight, bias, targets)
-    if static.reduction == "none":  # the backward pass runs the chunks again with the per-target cotangent
-        return _linear_run(arrays, operands, static, sizes, need_grad=False).loss, (*arrays, operands)
-    out = _linear_run(arrays, operands, static, sizes)
-    return out.loss, (out.hidden, out.weight, out.bias, targets, operands)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6))
+def _linear_loss(hidden, weight, bias, targets, operands, static, sizes):
+    a = _linear_checked(hidden, weight, bias, targets, operands, static, sizes)
+    return linear.fused(a, need_grad=False, scan=jax.lax.scan).loss
 
 
-def _zero_cotangents(*trees):
-    """Zero cotangents for the non-differentiated inputs (``float0`` for integer ones)."""
-    def zero(x):
-        x = jnp.asarray(x)
-        if jnp.issubdtype(x.dtype, jnp.inexact):
-            return jnp.zeros_like(x)
-        return jnp.zeros(x.shape, dtype=jax.dtypes.float0)
-
-    return jax.tree_util.tree_map(zero, trees)
+def _dot(a, b):
+    return None if a is None or _zero(b) else jnp.sum(a * b.astype(a.dtype))
 
 
-def _linear_bwd(static, sizes, res, g):
+@functools.partial(_linear_loss.defjvp, symbolic_zeros=True)
+def _linear_loss_jvp(static, sizes, primals, tangents):
+    hidden, weight, bias, targets, operands = primals
+    dh, dw, db, _, dops = tangents
+    dgam = _gamma_tangent(static, operands, dops)
     if static.reduction == "none":
-        out = _linear_run(res[:4], res[4], static, sizes, cotangent=g)
-        grads = (out.hidden, out.weight, out.bias)
+        return _linear_rows(hidden, weight, bias, targets, operands, static, sizes, tangents)
+    need = (not _zero(dh), not _zero(dw), bias is not None and not _zero(db), dgam is not None)
+    loss, gh, gw, gb, dgamma = _linear_first(hidden, weight, bias, targets, operands, static, sizes, need)
+    dot = _add(_dot(gh, dh), _dot(gw, dw), _dot(gb, db), None if dgam is None else dgamma * dgam.astype(loss.dtype))
+    return loss, (jnp.zeros_like(loss) if dot is None else dot.astype(loss.dtype))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7))
+def _linear_first(hidden, weight, bias, targets, operands, static, sizes, need):
+    """``(loss, d hidden, d weight, d bias, dL/dγ)`` of a reduced loss (``None`` where ``need`` says so)."""
+    a = _linear_checked(hidden, weight, bias, targets, operands, static, sizes)
+    out = linear.fused(a, need_grad=any(need[:3]), scan=jax.lax.scan)
+    dgamma = _by_chunks(a, operands, static, "dgamma")[4] if need[3] else None
+    grads = (out.hidden, out.weight, out.bias) if any(need[:3]) else (None, None, None)
+    return (out.loss, *(g if n else None for g, n in zip(grads, need[:3])), dgamma)
+
+
+@functools.partial(_linear_first.defjvp, symbolic_zeros=True)
+def _linear_first_jvp(static, sizes, need, primals, tangents):
+    hidden, weight, bias, targets, operands = primals
+    a = _linear_checked(hidden, weight, bias, targets, operands, static, sizes)
+    # the primal outputs from the primals alone (the fused pass), the tangents from the scan's jvp
+    primal = _linear_first(hidden, weight, bias, targets, operands, static, sizes, need)
+    dot = _linear_jvp(a, operands, static, tangents, "all")[1]
+    return primal, (dot[0], *(_shaped(g, x, n) for g, x, n in zip(dot[1:4], (hidden, weight, bias), need[:3])),
+                    dot[4] if need[3] else None)
+
+
+def _linear_rows(hidden, weight, bias, targets, operands, static, sizes, tangents):
+    """``(losses, their tangents)`` of ``reduction="none"``, chunk by chunk (reverse mode recomputes each chunk)."""
+    a = _linear_checked(hidden, weight, bias, targets, operands, static, sizes)
+    loss = linear.fused(a, need_grad=False, scan=jax.lax.scan).loss
+    # (each chunk checkpointed: first-order reverse mode recomputes it, O(chunk) memory.  JAX cannot
+    # linearize that loop twice: grad of grad here fails -- forward over reverse works, see the docs)
+    dot = _linear_jvp(a, operands, static, tangents, "loss")[1][0]
+    return loss, jnp.reshape(dot, a.batch_shape)
+
+
+def _linear_jvp(a, operands, static, tangents, what):
+    """``jax.jvp`` of :func:`_by_chunks` in ``(hidden, weight, bias, γ)`` along ``tangents`` (zeros where symbolic)."""
+    dh, dw, db, _, dops = tangents
+    dgam = _gamma_tangent(static, operands, dops)
+
+    def f(h, w, b, gamma):
+        return _by_chunks(dataclasses.replace(a, h=h, w=w, b=b), operands if gamma is None else (gamma, *operands[1:]),
+                          static, what)
+
+    def tangent(t, x):
+        return None if x is None else jnp.zeros_like(x) if _zero(t) else jnp.reshape(t, x.shape).astype(x.dtype)
+
+    return jax.jvp(f, (a.h, a.w, a.b, None if dgam is None else operands[0]),
+                   (tangent(dh, a.h), tangent(dw, a.w), tangent(db, a.b), dgam))
+
+
+def _shaped(g, like, needed):
+    return None if not needed or g is None else jnp.reshape(g, jnp.shape(like)).astype(jnp.asarray(like).dtype)
+
+
+def _by_chunks(a, operands, static, what="all"):
+    """``(loss, d h (N, H), d weight, d bias, dL/dγ)`` by a scan over chunk logits through :func:`_first`.
+
+    ``what``: ``"all"``, ``"dgamma"`` (loss and dL/dγ only) or ``"loss"``.
+    Differentiable by JAX (the layer) and by ``_first``'s rule (the logits
+    Hessian); each chunk is checkpointed, so reverse mode keeps chunk-sized
+    residuals.  The rows are padded to whole chunks, uncounted
+    (``where=False``, as ignored and masked rows).
+    """
+    h, w, b, y = a.h, a.w, a.b, a.y
+    n, cs = h.shape[0], linear.chunk_size(a)
+    k = max(1, -(-n // cs))
+    pad = k * cs - n
+    valid, _ = _core.targets(jnp, y, a.options, w.shape[0], None)
+    chunk = static.replace(reduction="none" if static.reduction == "none" else "sum", ignore_index=None, where=None)
+    gamma, threshold = operands[0], operands[1]
+    grads = what == "all"
+
+    @jax.checkpoint
+    def body(carry, xs):
+        h_c, y_c, m_c = xs
+        z = h_c @ w.T if b is None else h_c @ w.T + b
+        ops = (gamma, threshold, m_c)
+        if what == "loss":  # (differentiated once for a first derivative: through `_loss`, as the logits path)
+            return carry, (_loss(z, y_c, ops, chunk, -1, None), None, None)
+        loss_c, g_c, d_c = _first(z, y_c, ops, chunk, -1, None, (grads, True))
+        if not grads:
+            return carry, (loss_c, None, d_c)
+        gw, gb = carry
+        return (gw + g_c.T @ h_c, None if gb is None else gb + jnp.sum(g_c, axis=0)), (loss_c, g_c @ w, d_c)
+
+    init = (jnp.zeros_like(w), None if b is None else jnp.zeros_like(b)) if grads else (None, None)
+    xs = (jnp.reshape(jnp.pad(h, ((0, pad), (0, 0))), (k, cs, -1)), jnp.reshape(jnp.pad(y, (0, pad)), (k, cs)),
+          jnp.reshape(jnp.pad(valid, (0, pad)), (k, cs)))
+    (gw, gb), (losses, gh, dg) = jax.lax.scan(body, init, xs)
+    if static.reduction == "none":
+        loss, dgamma = jnp.reshape(losses, (-1,))[:n], None if dg is None else jnp.reshape(dg, (-1,))[:n]
     else:
-        grads = tuple(None if t is None else t * g.astype(t.dtype) for t in res[:3])
-    return (*grads, *_zero_cotangents(res[3], res[4]))
-
-
-_linear_loss.defvjp(_linear_fwd, _linear_bwd)
+        loss, dgamma = jnp.sum(losses), None if dg is None else jnp.sum(dg)
+    gh = None if gh is None else jnp.reshape(gh, (-1, h.shape[1]))[:n]
+    if static.reduction == "mean":  # over the counted targets of the whole batch (none: 0)
+        scale = 1.0 / jnp.maximum(jnp.sum(valid.astype(h.dtype)), 1.0)
+        loss, dgamma, gh, gw, gb = (None if t is None else t * scale for t in (loss, dgamma, gh, gw, gb))
+    return loss, gh, gw, gb, dgamma
 
 
 @_docs.shared("loss")
