@@ -261,7 +261,7 @@ def _exp(xp, arg, log_max):
 
 
 def gamma_slopes(xp, lp, q, gamma, device):
-    """``(a, 1 - a, dw, d1, d2)`` of each γ-CE row from ``log p`` and ``q = 1 - p`` (see the comment above).
+    """``(a, 1 - a, dw, d1, d2, log u)`` of each γ-CE row from ``log p`` and ``q = 1 - p`` (see the comment above).
 
     ``a = γ/(γ + (1-γ)p)`` (the Hessian's rank-one factor ``1 - (1-γ)w``) and
     ``1 - a = (1-γ)p/(γ + (1-γ)p)``, each without cancellation,
@@ -288,6 +288,7 @@ def gamma_slopes(xp, lp, q, gamma, device):
     log_u = xp.where(near, xp.log1p(-x_near), xp.logaddexp(log_g, log_c + lp_far))
     a = xp.where(near, g * inv_near, xp.exp(log_g - log_u))
     a_c = xp.where(near, c * xp.exp(lp) * inv_near, xp.exp((log_c + lp_far) - log_u))  # 1 - a
+    log_u_exact = log_u
     log_u = xp.clip(log_u, -4.0 * log_max, None)  # below it u is 0 to any precision: the results are infinite
     dw = -q * xp.where(near, xp.exp(lp) * inv_near * inv_near, _exp(xp, (lp_far - log_u) - log_u, log_max))
     r = x * xp.where(near, inv_near, _exp(xp, -log_u, log_max))  # x/u
@@ -303,7 +304,7 @@ def gamma_slopes(xp, lp, q, gamma, device):
     d2 = xp.where(series, (q * q * q) * _horner(xs, _S2),
                   xp.where(huge, _exp(xp, 2.0 * log_rc - xp.log(c_d), log_max),
                            (r_d * (r_d - 2.0) - 2.0 * log_u) / (c_d * c_d * c_d)))
-    return a, a_c, dw, d1, d2
+    return a, a_c, dw, d1, d2, log_u_exact
 
 
 class Second(NamedTuple):
@@ -357,7 +358,8 @@ def second_order(xp, z, y, opts: Options, *, v=None, gamma_dot=None, need_grad=T
     q = rows.R / t.s
     gamma_part = not opts.tailr
     if gamma_part:
-        a, a_c, dw, d1, d2 = gamma_slopes(xp, d - xp.log1p(rows.R + xp.expm1(d)), q, opts.gamma, plan.device)
+        log_s = xp.log1p(rows.R + xp.expm1(d))
+        a, a_c, dw, d1, d2, log_u = gamma_slopes(xp, d - log_s, q, opts.gamma, plan.device)
     counted = valid[..., None]
     sc = scale[..., None]
 
@@ -375,7 +377,13 @@ def second_order(xp, z, y, opts: Options, *, v=None, gamma_dot=None, need_grad=T
         # as γ → 1 (a → 1) K - R = (1-ε)w(1 - a) + ε is small and comes from 1 - a itself.
         K = per_row(t.k1 + eps_ls)
         KR, R = (per_row(t.k1 * a_c + eps_ls), per_row(t.k1 * a)) if gamma_part else (K, None)
-        G = per_row((1.0 - eps_ls) * dw) * gamma_dot if gamma_part and gamma_dot is not None else None
+        G = None  # ∂∇L/∂γ·γ̇ = (1-ε)·dw·γ̇·(s - e): formed in logs, dw·s_j = -q·p·s_j/u² being finite where
+        if gamma_part and gamma_dot is not None:  # dw alone overflows (γ = 0, p → 0: dw = -q/p)
+            log_q = xp.where(q > 0, xp.log(xp.where(q > 0, q, 1.0)), -math.inf)
+            shift = log_q + (d - log_s) - log_s - 2.0 * log_u  # log(|dw|/S)
+            G = xp.where(counted, sc * (1.0 - eps_ls), 0.0) * gamma_dot
+            G_off = -G * plan.exp_off_target(z - rows.m, -shift)  # G·dw·s_j off the target (z - m first: exact)
+            G_on = -q * (G * dw)  # -q·G·dw on it
         s_y = xp.exp(d) / t.s
         terms_g = []  # the rows of dgamma_dot
         if v is not None:
@@ -403,13 +411,13 @@ def second_order(xp, z, y, opts: Options, *, v=None, gamma_dot=None, need_grad=T
                 qt = q * tv
                 on = xp.where(q <= 0.5 * s_y, K * jv_y + R * qt, KR * jv_y + R * (jv_y + qt))
             if G is not None:
-                hvp = hvp + e * (G / t.s)
-                on = on - q * G
+                hvp = hvp + G_off
+                on = on + G_on
             if gamma_part and need_dgamma:
                 terms_g.append(dw * tv)
         else:
-            hvp = e * (G / t.s) if G is not None else xp.zeros_like(e)
-            on = -q * G if G is not None else xp.zeros_like(q)
+            hvp = G_off if G is not None else xp.zeros_like(e)
+            on = G_on if G is not None else xp.zeros_like(q)
         hvp = plan.with_targets(hvp, on)
         if gamma_part and gamma_dot is not None:
             terms_g.append(d2 * gamma_dot)

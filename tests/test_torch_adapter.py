@@ -145,6 +145,18 @@ def test_double_backward_and_forward_mode_are_exact():
     np.testing.assert_allclose(h.reshape(Z.size, Z.size).numpy() @ v.ravel(), hv.ravel(), rtol=1e-13, atol=1e-300)
 
 
+def test_functional_default_ignore_index_is_cross_entropys():
+    # issue 20 item 6: as F.cross_entropy, the functional losses ignore -100 by default
+    y = torch.tensor(Y_IGN)
+    for compiled in (False, True):
+        got = GT.gamma_ce(torch.tensor(Z), y, 0.0, compiled=compiled)
+        assert float(got) == pytest.approx(float(torch.nn.functional.cross_entropy(torch.tensor(Z), y)), rel=1e-14)
+    assert float(GT.tailr(torch.tensor(Z), y, 0.3, 0.2)) == pytest.approx(
+        G.tailr(Z, Y_IGN, 0.3, 0.2, ignore_index=-100), rel=1e-14)
+    with pytest.raises(ValueError, match="out of range"):
+        GT.gamma_ce(torch.tensor(Z), y, 0.0, ignore_index=None)
+
+
 # --- torch.compile and torch.func --------------------------------------------
 
 

@@ -179,14 +179,14 @@ def _loss_of_gamma(p, q):
     return f
 
 
-def gamma_derivatives(z, y, gamma, label_smoothing=0.0, dps=DPS):
+def gamma_derivatives(z, y, gamma, label_smoothing=0.0, dps=DPS, with_grad=True):
     """``(dL/dγ, d²L/dγ², d∇L/dγ)`` of one γ-CE row (mpmath numbers; the last a list over the classes).
 
     Numerical derivatives (mpmath's ``diff``, one-sided towards γ + h with
     ``h`` far below ``γ + (1-γ)p``, at enough digits) of the definitions ``L(γ) = -log(γ + (1-γ)p)/(1-γ)`` (its
     limit ``1 - p`` at γ = 1) and ``w(γ) = p/(γ + (1-γ)p)``; ``d∇L/dγ`` is
     ``(1-ε)·dw/dγ·(s - e)``.  At a masked target (``p = 0``) and γ = 0 they
-    are the infinite limits.
+    are the infinite limits.  ``with_grad=False``: ``None`` for the last.
     """
     zs, s, q, _, _ = _softmax(tuple(z), y, dps)
     p, eps, g = s[y], mpf(label_smoothing), mpf(gamma)
@@ -200,7 +200,9 @@ def gamma_derivatives(z, y, gamma, label_smoothing=0.0, dps=DPS):
             d1 = mpmath.diff(f, g, 1, direction=1, h=h)
             d2 = mpmath.diff(f, g, 2, direction=1, h=h)
             dw = mpmath.diff(lambda x: p / (x + (1 - x) * p), g, 1, direction=1, h=h)
-        se = list(s)
-        se[y] = -q
-        dgrad = [(1 - eps) * dw * v if v != 0 else mpf(0) for v in se]
+        dgrad = None
+        if with_grad:
+            se = list(s)
+            se[y] = -q
+            dgrad = [(1 - eps) * dw * v if v != 0 else mpf(0) for v in se]
         return (1 - eps) * d1, (1 - eps) * d2, dgrad
