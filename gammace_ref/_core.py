@@ -373,12 +373,14 @@ def second_order(xp, z, y, opts: Options, *, v=None, gamma_dot=None, need_grad=T
     if need_dgamma:
         dgamma = reduced((1.0 - eps_ls) * d1 if gamma_part else xp.zeros_like(q))
     if v is not None or gamma_dot is not None:
-        # ∇²L·v = K·Jv - R·(s - e)·t (J = diag s - s sᵀ, t = (s - e)ᵀv) as (K - R)·Jv + R·(Jv - (s - e)·t):
+        # ∇²L·v = K·Jv - R·(s - e)·t (J = diag s - s sᵀ, t = (s - e)ᵀv) as (K - R)·Jv + R·(Jv - (s - e)t):
         # as γ → 1 (a → 1) K - R = (1-ε)w(1 - a) + ε is small and comes from 1 - a itself.
         K = per_row(t.k1 + eps_ls)
         KR, R = (per_row(t.k1 * a_c + eps_ls), per_row(t.k1 * a)) if gamma_part else (K, None)
-        G = None  # ∂∇L/∂γ·γ̇ = (1-ε)·dw·γ̇·(s - e): formed in logs, dw·s_j = -q·p·s_j/u² being finite where
-        if gamma_part and gamma_dot is not None:  # dw alone overflows (γ = 0, p → 0: dw = -q/p)
+        # ∂∇L/∂γ·γ̇ = (1-ε)·dw·γ̇·(s - e), formed in logs: dw·s_j = -q·p·s_j/u² is finite where dw
+        # alone overflows (γ = 0, p → 0: dw = -q/p)
+        G = None
+        if gamma_part and gamma_dot is not None:
             log_q = xp.where(q > 0, xp.log(xp.where(q > 0, q, 1.0)), -math.inf)
             shift = log_q + (d - log_s) - log_s - 2.0 * log_u  # log(|dw|/S)
             G = xp.where(counted, sc * (1.0 - eps_ls), 0.0) * gamma_dot

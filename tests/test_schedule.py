@@ -48,7 +48,8 @@ STEPS = (-5, 0, 10, 33, 55, 99, 100, 1000)
 
 
 def _schedules():
-    return [gamma_schedule(0.1, 0.9, total_steps=100, warmup_steps=10, kind=k) for k in ("linear", "cosine", "constant")]
+    kinds = ("linear", "cosine", "constant")
+    return [gamma_schedule(0.1, 0.9, total_steps=100, warmup_steps=10, kind=k) for k in kinds]
 
 
 def test_array_steps_of_numpy():

@@ -11,7 +11,11 @@ product (:func:`gammace_ref.gamma_ce_hvp`), so every second derivative is
 exact in every regime, in O(N·C) and never through a C×C matrix.  A third
 derivative raises ``NotImplementedError``.  First-order reverse mode
 computes the value and the gradient in one pass, as before; a call that
-differentiates nothing computes the value only.
+differentiates nothing computes the value only.  Limits (see
+docs/transformations.md): reverse over forward (``jacrev(jacfwd(f))``) runs
+JAX's own transpose of the product, which loses digits in two corners (an
+exact two-way tie as γ → 1; 1 - p ~ 1e-304 where subnormals are flushed), and
+grad of grad of ``linear_*`` with ``reduction="none"`` fails inside JAX.
 
 ``gamma`` and ``threshold`` given as Python numbers are static: checked
 (``ValueError`` if outside [0, 1]) even inside ``jit``.  Given as arrays they
@@ -51,8 +55,8 @@ def _as_jax(*arrays):
     return [jnp.asarray(a) if isinstance(a, np.ndarray) else a for a in arrays]
 
 
-class _Fused(_execution.Masked):
-    """The target mask as a 0/1 factor of ``exp(z - m)``, not a ``select``.
+class _FactorMask:
+    """For a loss alone, the target mask as a 0/1 factor of ``exp(z - m)``, not a ``select``.
 
     XLA:CPU fuses ``exp(z - m)·mask`` into the row sum, as it does optax's
     ``logsumexp``, but materialises an N×C array for a ``select`` (or any
@@ -61,14 +65,14 @@ class _Fused(_execution.Masked):
     target, 1 elsewhere; in the logits' float dtype while it holds every
     class index exactly) and needs no comparison; it is formed from the raw
     targets ``y`` (a row whose target is ignored or out of range is not
-    counted, or is poisoned, whatever its entries).
+    counted, or is poisoned, whatever its entries).  With a gradient, whose
+    assembly materialises ``exp(z - m)`` anyway, the plan's own mask (the
+    factor would cost another N×C pass there).
     """
 
-    def __init__(self, xp, device, y):
-        super().__init__(xp, device)
-        self.y = y
-
     def exp_off_target(self, z, m):
+        if not self.value_only:
+            return super().exp_off_target(z, m)
         n, dt = z.shape[-1], z.dtype
         if n < 2 ** (jnp.finfo(dt).nmant + 1):  # class indices exact in z's dtype: XLA:CPU fuses this form
             j, y = jnp.arange(n, dtype=dt), self.y.astype(dt)[..., None]
@@ -77,22 +81,28 @@ class _Fused(_execution.Masked):
         return jnp.exp(z - m) * jnp.minimum(jnp.abs(j - y), 1).astype(dt)
 
 
-class _FusedSharded(_execution.Sharded):
-    """This device's slice of the classes inside ``shard_map`` (mesh axis ``axis_name``), masked as :class:`_Fused`.
+class _Fused(_FactorMask, _execution.Masked):
+    """The whole row on this device (:class:`_FactorMask` for a loss alone)."""
+
+    def __init__(self, xp, device, y, value_only):
+        super().__init__(xp, device)
+        self.y, self.value_only = y, value_only
+
+
+class _FusedSharded(_FactorMask, _execution.Sharded):
+    """This device's slice of the classes inside ``shard_map`` (mesh axis ``axis_name``).
 
     The slice is ``[i·C_local, (i+1)·C_local)`` for the device's index ``i``
     along the axis; the row maxima and sums are ``pmax``/``psum`` across it:
     O(N) values, never the logits.
     """
 
-    def __init__(self, xp, device, y, axis_name, n_local):
-        size = jax.lax.axis_size(axis_name)
-        super().__init__(xp, device, offset=jax.lax.axis_index(axis_name) * n_local, n_classes=size * n_local,
+    def __init__(self, xp, device, y, value_only, axis_name, n_local):
+        super().__init__(xp, device, offset=jax.lax.axis_index(axis_name) * n_local,
+                         n_classes=jax.lax.axis_size(axis_name) * n_local,
                          max=functools.partial(jax.lax.pmax, axis_name=axis_name),
                          sum=functools.partial(jax.lax.psum, axis_name=axis_name))
-        self.y = y - self.offset
-
-    exp_off_target = _Fused.exp_off_target
+        self.y, self.value_only = y - self.offset, value_only
 
 
 def _run(logits, targets, opts, axis, *, v=None, gamma_dot=None, need_grad=True, need_dgamma=False, shard=None):
@@ -103,7 +113,9 @@ def _run(logits, targets, opts, axis, *, v=None, gamma_dot=None, need_grad=True,
     """
     logits, targets = _as_jax(logits, targets)
     a = _validation.check_logits(logits, targets, opts, axis=axis)
-    p = _Fused(a.xp, a.device, a.y) if shard is None else _FusedSharded(a.xp, a.device, a.y, shard, a.z.shape[-1])
+    value_only = not (need_grad or need_dgamma or v is not None or gamma_dot is not None)
+    p = (_Fused(a.xp, a.device, a.y, value_only) if shard is None
+         else _FusedSharded(a.xp, a.device, a.y, value_only, shard, a.z.shape[-1]))
     if v is None and gamma_dot is None and not need_dgamma:
         loss, grad, _ = _core.compute(a.xp, a.z, a.y, opts, need_grad=need_grad, plan=p)
         out = _core.Second(loss, grad, None, None, None)

@@ -78,7 +78,8 @@ def _no_reverse_over_forward():
     """
     from torch._functorch import pyfunctorch
 
-    if any(i.key() == torch._C._functorch.TransformType.Grad for i in pyfunctorch.retrieve_all_functorch_interpreters()):
+    grad_level = torch._C._functorch.TransformType.Grad
+    if any(i.key() == grad_level for i in pyfunctorch.retrieve_all_functorch_interpreters()):
         raise NotImplementedError("gammace_ref.torch: torch.func reverse mode over forward mode (jacrev of jacfwd, "
                                   "grad of jvp) is not supported (functorch does not differentiate an "
                                   "autograd.Function's jvp rule); use forward over reverse (torch.func.hessian, "
@@ -112,6 +113,7 @@ class _Loss(torch.autograd.Function):
     @staticmethod
     def forward(logits, targets, gamma, threshold, opts, axis, compiled):
         opts = _with(opts, gamma, threshold)
+        logits = logits.detach()  # (no graph is built here: the eager core may then work in place)
         if _gamma_part(opts, gamma):
             out = _api.second_order(logits, targets, opts, axis=axis, need_dgamma=True, xp=xp,
                                     traced=_traced(logits, targets))
@@ -195,7 +197,7 @@ class _First(torch.autograd.Function):
     def backward(ctx, u, u_gamma):
         logits, targets, gamma, threshold = ctx.saved_tensors
         u_gamma = u_gamma if _gamma_part(ctx.opts, gamma) else None
-        hv, dd = (_Hvp if torch.compiler.is_compiling() else _HvpFwd).apply(logits, targets, gamma, threshold, u, u_gamma, ctx.opts, ctx.axis)
+        hv, dd = _hvp().apply(logits, targets, gamma, threshold, u, u_gamma, ctx.opts, ctx.axis)
         return (hv if ctx.needs_input_grad[0] else None, None,
                 dd.to(gamma.dtype) if gamma is not None and ctx.needs_input_grad[2] else None,
                 torch.zeros_like(threshold) if threshold is not None and ctx.needs_input_grad[3] else None,
@@ -209,11 +211,11 @@ class _FirstFwd(_First):
         logits, targets, gamma, threshold = ctx.saved_tensors
         _no_reverse_over_forward()
         gamma_t = gamma_t if _gamma_part(ctx.opts, gamma) else None
-        return (_Hvp if torch.compiler.is_compiling() else _HvpFwd).apply(logits, targets, gamma, threshold, z_t, gamma_t, ctx.opts, ctx.axis)
+        return _hvp().apply(logits, targets, gamma, threshold, z_t, gamma_t, ctx.opts, ctx.axis)
 
 
 class _Hvp(torch.autograd.Function):
-    """``(∇²L·v + ∂∇L/∂γ·γ̇, ⟨∂∇L/∂γ, v⟩ + ∂²L/∂γ²·γ̇)`` from the core; not differentiable (a third derivative).
+    """``(∇²L·v + ∂∇L/∂γ·γ̇, ⟨∂∇L/∂γ, v⟩ + ∂²L/∂γ²·γ̇)`` from the core; not differentiable (a 3rd derivative).
 
     Its ``backward`` raises, as :class:`_HvpFwd`'s ``jvp`` does.
     """
@@ -254,6 +256,10 @@ def _loss():
 
 def _first():
     return _First if torch.compiler.is_compiling() else _FirstFwd
+
+
+def _hvp():
+    return _Hvp if torch.compiler.is_compiling() else _HvpFwd
 
 
 def _followed(opts, gamma, threshold):
@@ -328,8 +334,7 @@ def from_core(what, arguments):
         return value_and_grad(logits, targets, opts, axis, False, gamma=gamma, threshold=threshold)
     opts, gamma, threshold = _followed(opts, gamma, threshold)
     if what == "hvp":
-        return (_Hvp if torch.compiler.is_compiling() else _HvpFwd).apply(logits, targets, gamma, threshold, v, None,
-                                                                           opts, axis)[0]
+        return _hvp().apply(logits, targets, gamma, threshold, v, None, opts, axis)[0]
     # "dgamma": γ as an input even where it is a number, so that d(dL/dγ)/dz is the mixed derivative
     gamma = torch.as_tensor(opts.gamma, dtype=torch.float64, device=logits.device) if gamma is None else gamma
     value, grad, dgamma = _loss().apply(logits, targets, gamma, threshold, opts.replace(gamma=gamma), axis, False)
