@@ -31,18 +31,15 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import sys
 import time
 
 import numpy as np
+from _common import report, rss_peak_extra  # this folder's shared probe and report (with speed.py)
 
 import gammace_ref as G
 from gammace_ref import linear
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import _rss_peak_extra, report  # the same memory probe and table
 
 GAMMA = 0.1
 GOALS = {"numpy gammace_ref.linear (fused)": (1.2, 8.0)}  # issue 6: time ≤ 1.2×, memory ≥ 8× lower
@@ -58,7 +55,7 @@ def _numpy_group(h, w, y, budget):
 
     return "numpy", {"numpy materialised (h @ W.T, core, 2 products)": dense,
                      "numpy gammace_ref.linear (fused)": fused}, (lambda out: None), \
-        (lambda name, fn: _rss_peak_extra(fn))
+        (lambda name, fn: rss_peak_extra(fn))
 
 
 def _torch_group(h, w, y, budget):
@@ -86,7 +83,7 @@ def _torch_group(h, w, y, budget):
 
     def mem(name, fn):
         ht.grad = wt.grad = None
-        return _rss_peak_extra(fn)
+        return rss_peak_extra(fn)
     return f"torch (cpu, {torch.get_num_threads()} threads)", fns, (lambda out: None), mem
 
 

@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import platform
+import importlib.util
 import statistics
 import sys
 import time
 
 import numpy as np
+from _common import report, rss_peak_extra  # this folder's shared probe and report
 
 import gammace_ref as G
+from gammace_ref.testing.backends import Backend, availability
 
 GAMMA, THRESHOLD = 0.1, 0.2
 GOALS = {  # ratio to the group's baseline that issue 4 asks for
@@ -43,29 +44,6 @@ GOALS = {  # ratio to the group's baseline that issue 4 asks for
 
 
 # --------------------------------------------------------------------------- memory probes
-def _status(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return None
-
-
-def _rss_peak_extra(fn):
-    """Peak resident bytes of ``fn()`` above the resident bytes before it (Linux)."""
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return None
-    before = _status("VmRSS")
-    out = fn()
-    peak = _status("VmHWM")
-    del out
-    return None if before is None or peak is None else peak - before
-
-
 def _cuda_peak_extra(torch, fn):
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
@@ -97,7 +75,7 @@ def _numpy_group(z, y):
     return "numpy", "np.exp(logits)", {
         "np.exp(logits)": lambda: np.exp(zn),
         "numpy gamma_ce_value_and_grad": lambda: G.gamma_ce_value_and_grad(zn, yn, GAMMA),
-    }, (lambda out: out), _rss_peak_extra
+    }, (lambda out: out), rss_peak_extra
 
 
 def _cupy_group(z, y):
@@ -138,7 +116,7 @@ def _torch_group(z, y, device):
     }
     cuda = device != "cpu"
     sync = (lambda out: torch.cuda.synchronize()) if cuda else (lambda out: None)
-    probe = (lambda fn: _cuda_peak_extra(torch, fn)) if cuda else _rss_peak_extra
+    probe = (lambda fn: _cuda_peak_extra(torch, fn)) if cuda else rss_peak_extra
 
     def mem(fn):
         zt.grad = None  # measure from no gradient held (the call allocates it)
@@ -175,54 +153,16 @@ def _jax_group(z, y):
         (lambda out: jax.block_until_ready(out)), mem
 
 
-def _available(name):
-    try:
-        __import__(name)
-    except ImportError:
-        return False
-    return True
-
-
 def _groups(only):
-    out = []
-    want = lambda k: not only or k in only  # noqa: E731
-    if want("numpy"):
-        out.append(("numpy", _numpy_group))
-    if want("torch") and _available("torch"):
-        out.append(("torch", lambda z, y: _torch_group(z, y, "cpu")))
-    if want("torch-cuda") and _available("torch"):
-        import torch
-
-        if torch.cuda.is_available():
-            out.append(("torch-cuda", lambda z, y: _torch_group(z, y, "cuda")))
-    if want("jax") and _available("jax") and _available("optax"):
-        out.append(("jax", _jax_group))
-    if want("cupy") and _available("cupy"):
-        try:
-            import cupy
-
-            if cupy.cuda.runtime.getDeviceCount() > 0:
-                out.append(("cupy", _cupy_group))
-        except Exception:  # no driver
-            pass
-    return out
-
-
-def _versions():
-    v = {"python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor()}
-    for name in ("numpy", "array_api_compat", "torch", "jax", "optax", "cupy"):
-        try:
-            v[name] = __import__(name).__version__
-        except ImportError:
-            pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            v["gpu"] = torch.cuda.get_device_name()
-    except ImportError:
-        pass
-    return v
+    """(key, make) of the groups to run: those asked for (``--only``) whose backend is usable here."""
+    groups = {"numpy": (Backend.NUMPY, _numpy_group),
+              "torch": (Backend.TORCH, lambda z, y: _torch_group(z, y, "cpu")),
+              "torch-cuda": (Backend.TORCH_CUDA, lambda z, y: _torch_group(z, y, "cuda")),
+              "jax": (Backend.JAX, _jax_group),  # and optax, the baseline
+              "cupy": (Backend.CUPY, _cupy_group)}
+    return [(key, make) for key, (kind, make) in groups.items()
+            if (not only or key in only) and availability(kind) is None
+            and (kind is not Backend.JAX or importlib.util.find_spec("optax") is not None)]
 
 
 def main(argv=None):
@@ -260,23 +200,6 @@ def main(argv=None):
                   "× baseline": ("ratio", "{:.2f}"), "goal": ("goal", "≤ {}"),
                   "peak extra / logits bytes": ("peak_extra_x_logits", "{:.2f}")},
            args.json, repeats=args.repeats)
-
-
-def report(rows, columns, json_path=None, **meta):
-    """Print ``rows`` (dicts) as a Markdown table and write them, with versions and ``meta``, as JSON.
-
-    ``columns`` maps a header to a format (key = the header) or to ``(key, format)``;
-    ``None`` values print empty.  Shared by the benchmarks of this folder.
-    """
-    spec = {h: (c if isinstance(c, tuple) else (h, c)) for h, c in columns.items()}
-    print("| " + " | ".join(spec) + " |")
-    print("|" + "|".join("---:" if fmt.startswith("{:") else "---" for _, fmt in spec.values()) + "|")
-    for r in rows:
-        print("| " + " | ".join("" if r[k] is None else fmt.format(r[k]) for k, fmt in spec.values()) + " |")
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump({"versions": _versions(), **meta, "rows": rows}, f, indent=1)
-            f.write("\n")
 
 
 if __name__ == "__main__":

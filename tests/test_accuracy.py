@@ -15,50 +15,31 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gammace_ref as G
-from gammace_ref.testing import reference, regimes
+from gammace_ref.testing import metrics, reference, regimes
 
 TOL = regimes.TOLERANCE
 NAMES = [r.name for r in regimes.regimes("float64", 10)]
-
-
-def _fns(backend):
-    # γ is passed as an argument, so under jax.jit it is traced (one compile
-    # per shape) -- the path a γ schedule inside a jitted step takes.
-    def wrap(fn, *extra):
-        run = lambda z, y, g: fn(z, y, g, *extra, reduction="none")  # noqa: E731
-        if backend.lazy:
-            import jax
-
-            run = jax.jit(run)
-        return run
-
-    return {"gamma_ce": (wrap(G.gamma_ce_value_and_grad), None),
-            "tailr": (wrap(G.tailr_value_and_grad, regimes.TAILR_THRESHOLD), regimes.TAILR_THRESHOLD)}
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_regime_battery(backend, dtype, name):
     if name == "huge_vocab" and backend.lazy:
         pytest.skip("huge_vocab under jax.jit: same XLA kernels as eager jax, which runs it")
-    res = regimes.measure(backend.asarray, backend.numpy, dtype, loss_fns=_fns(backend), only={name})
+    # γ is an argument of the compiled function, so under jax.jit it is traced (one compile
+    # per shape) -- the path a γ schedule inside a jitted step takes.
+    res = regimes.measure(backend, dtype, only={name})
     for (regime, loss), (err_v, err_g) in res.items():
         assert err_v <= TOL[dtype], f"{regime}/{loss} value rel err {err_v:.2e}"
         assert err_g <= TOL[dtype], f"{regime}/{loss} grad rel err {err_g:.2e}"
 
 
 def _check(backend, dtype, row, y, gamma, *, threshold=None, eps=0.0):
-    z = backend.asarray(np.asarray([row], dtype=dtype))
-    t = backend.asarray(np.asarray([y]))
+    z, t = np.asarray([row], dtype=dtype), np.asarray([y])
     exact = [float(v) for v in np.asarray(row, dtype=dtype)]
-    if threshold is None:
-        loss, grad = backend.call(lambda z, t: G.gamma_ce_value_and_grad(
-            z, t, gamma, reduction="none", label_smoothing=eps), z, t)
-    else:
-        loss, grad = backend.call(lambda z, t: G.tailr_value_and_grad(
-            z, t, gamma, threshold, reduction="none", label_smoothing=eps), z, t)
+    fn, extra = (G.gamma_ce_value_and_grad, ()) if threshold is None else (G.tailr_value_and_grad, (threshold,))
+    loss, grad = backend.run(fn, z, t, gamma, *extra, reduction="none", label_smoothing=eps)
     ref_l, ref_g = reference.row(exact, y, gamma, threshold, eps)
-    return (regimes.rel_err(backend.numpy(loss), [ref_l], dtype),
-            regimes.rel_err(backend.numpy(grad), [ref_g], dtype), backend.numpy(loss)[0], ref_l)
+    return metrics.rel_err(loss, [ref_l], dtype), metrics.rel_err(grad, [ref_g], dtype), loss[0], ref_l
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.1, 0.5, 1.0 - 1e-9, 1.0])
@@ -90,23 +71,22 @@ def test_gamma_one_is_one_minus_p(backend, gamma):
 
 
 def test_gamma_just_below_one_is_continuous(backend):
-    row = [0.3, -1.2, 2.0]
-    z, t = backend.asarray(np.asarray([row])), backend.asarray(np.asarray([1]))
-    at_one = backend.numpy(backend.call(lambda z, t: G.gamma_ce(z, t, 1.0), z, t))
-    below = backend.numpy(backend.call(lambda z, t: G.gamma_ce(z, t, 1.0 - 1e-12), z, t))
+    z, t = np.asarray([[0.3, -1.2, 2.0]]), np.asarray([1])
+    at_one = backend.run(G.gamma_ce, z, t, 1.0)
+    below = backend.run(G.gamma_ce, z, t, 1.0 - 1e-12)
     assert abs(below - at_one) / at_one < 1e-11
 
 
 def test_masked_target_gives_inf_for_ce_and_finite_otherwise(backend):
     row = [-math.inf, 0.0, 1.0]
-    z, t = backend.asarray(np.asarray([row])), backend.asarray(np.asarray([0]))
-    ce, g_ce = backend.call(lambda z, t: G.gamma_ce_value_and_grad(z, t, 0.0, reduction="none"), z, t)
-    assert backend.numpy(ce)[0] == math.inf
+    z, t = np.asarray([row]), np.asarray([0])
+    ce, g_ce = backend.run(G.gamma_ce_value_and_grad, z, t, 0.0, reduction="none")
+    assert ce[0] == math.inf
     soft = np.exp(np.asarray(row) - np.logaddexp(0.0, 1.0))
-    np.testing.assert_allclose(backend.numpy(g_ce)[0], soft - [1, 0, 0], rtol=1e-15)
-    l5, g5 = backend.call(lambda z, t: G.gamma_ce_value_and_grad(z, t, 0.5, reduction="none"), z, t)
-    assert backend.numpy(l5)[0] == pytest.approx(math.log(2) / 0.5, rel=1e-15)
-    assert np.all(backend.numpy(g5) == 0.0)  # w = p/(γ + (1-γ)p) = 0
+    np.testing.assert_allclose(g_ce[0], soft - [1, 0, 0], rtol=1e-15)
+    l5, g5 = backend.run(G.gamma_ce_value_and_grad, z, t, 0.5, reduction="none")
+    assert l5[0] == pytest.approx(math.log(2) / 0.5, rel=1e-15)
+    assert np.all(g5 == 0.0)  # w = p/(γ + (1-γ)p) = 0
 
 
 def test_label_smoothing_against_mpmath(backend):
@@ -119,10 +99,9 @@ def test_label_smoothing_against_mpmath(backend):
             b = 0.3 if fn == "tailr" else None
             err_v, _, _, _ = _check(backend, "float64", row, 0, 0.1, threshold=b, eps=0.1)
             assert err_v <= 1e-13 if math.isfinite(row[-1]) else err_v == 0.0
-            z, t = backend.asarray(np.asarray([row])), backend.asarray(np.asarray([0]))
-            call = (lambda z, t: G.tailr_grad(z, t, 0.1, 0.3, label_smoothing=0.1)) if b else \
-                (lambda z, t: G.gamma_ce_grad(z, t, 0.1, label_smoothing=0.1))
-            got = backend.numpy(backend.call(call, z, t))[0]
+            z, t = np.asarray([row]), np.asarray([0])
+            grad_fn, extra = (G.tailr_grad, (0.3,)) if b else (G.gamma_ce_grad, ())
+            got = backend.run(grad_fn, z, t, 0.1, *extra, label_smoothing=0.1)[0]
             _, ref_g = reference.row(row, 0, 0.1, b, 0.1)
             zs, p, q, _, _ = reference._softmax(tuple(row), 0, reference.DPS)
             scale = [abs(r) + 0.1 * (p_j + 0.25) for r, p_j in zip(ref_g, p)]
@@ -142,5 +121,5 @@ def test_random_rows_float64_numpy(row, data, gamma):
         args = (gamma,) if b is None else (gamma, b)
         loss, grad = fn(np.asarray([row]), np.asarray([y]), *args, reduction="none")
         ref_l, ref_g = reference.row(row, y, gamma, b)
-        assert regimes.rel_err(loss, [ref_l], "float64") <= 1e-12
-        assert regimes.rel_err(grad, [ref_g], "float64") <= 1e-12
+        assert metrics.rel_err(loss, [ref_l], "float64") <= 1e-12
+        assert metrics.rel_err(grad, [ref_g], "float64") <= 1e-12

@@ -12,6 +12,7 @@ import pytest
 
 import gammace_ref as G
 from gammace_ref.testing import reference
+from gammace_ref.testing.metrics import rel_err, to_float64
 from gammace_ref.testing import regimes as RG
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning"),
@@ -25,7 +26,7 @@ REGIMES = [r.name for r in RG.regimes("float64")]
 def as_dtype(values, dtype):
     """mpmath numbers rounded to ``dtype`` (overflowing to ±inf there, as the computation must)."""
     with np.errstate(over="ignore"):
-        return RG.to_float64(values).astype(dtype)
+        return to_float64(values).astype(dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,7 +35,7 @@ def ref(name, dtype, gamma, eps=0.0, with_grad=True):
     regime = next(r for r in RG.regimes(dtype) if r.name == name)
     rows = RG.as_dtype_rows(regime, dtype)[1]
     out = [reference.gamma_derivatives(r, t, gamma, eps, with_grad=with_grad) for r, t in zip(rows, regime.targets)]
-    return tuple(RG.to_float64([o[i] for o in out]) if i < 2 or with_grad else None for i in range(3))
+    return tuple(to_float64([o[i] for o in out]) if i < 2 or with_grad else None for i in range(3))
 
 
 def regime_arrays(name, dtype):
@@ -56,7 +57,7 @@ def test_core_dgamma_in_every_regime(name, dtype):
         for eps in (0.0, 0.1):
             got = G.gamma_ce_dgamma(z, y, gamma, reduction="none", label_smoothing=eps)
             want = as_dtype(ref(name, dtype, effective_gamma(gamma, dtype), eps, with_grad=False)[0], dtype)
-            err = RG.rel_err(got, want, dtype)
+            err = rel_err(got, want, dtype)
             assert err <= RG.TOLERANCE[dtype], (name, gamma, eps, err, got, want)
 
 
@@ -102,7 +103,7 @@ def test_jax_gamma_derivatives(jax, name):
         mixed = jax.jacfwd(jax.grad(total, argnums=0), argnums=1)(zj, g)
         for got, want in ((got1, d1), (got2, d2), (mixed, dgrad)):
             finite = np.isfinite(want)  # (an infinite limit: a masked target at γ = 0, where L is infinite)
-            err = RG.rel_err(np.asarray(got)[finite], want[finite], "float64")
+            err = rel_err(np.asarray(got)[finite], want[finite], "float64")
             assert err <= 1e-12, (name, gamma, err)
 
 
@@ -134,13 +135,13 @@ def test_torch_gamma_tensor_gets_its_exact_gradient(torch, name, compiled):
         g = torch.tensor(gamma, dtype=torch.float64, requires_grad=True)
         zt = torch.tensor(z, requires_grad=True)
         GT.gamma_ce(zt, torch.tensor(y), g, reduction="sum", compiled=compiled).backward()
-        assert RG.rel_err(g.grad.numpy(), d1.sum(), "float64") <= 1e-12
+        assert rel_err(g.grad.numpy(), d1.sum(), "float64") <= 1e-12
         np.testing.assert_allclose(zt.grad.numpy(), G.gamma_ce_grad(z, y, gamma, reduction="sum"), rtol=1e-14)
         if not np.all(np.isfinite(d1)):
             continue  # (dL/dγ overflows -- γ = 0, log p < -709 --: torch's product rule then gives inf·0 = NaN)
         d2 = torch.func.hessian(lambda g: GT.gamma_ce(torch.tensor(z), torch.tensor(y), g, reduction="sum",
                                                       compiled=compiled))(torch.tensor(gamma, dtype=torch.float64))
-        assert RG.rel_err(d2.numpy(), ref(name, "float64", gamma, with_grad=False)[1].sum(), "float64") <= 1e-12
+        assert rel_err(d2.numpy(), ref(name, "float64", gamma, with_grad=False)[1].sum(), "float64") <= 1e-12
 
 
 def test_torch_tailr_gamma_and_threshold_get_zero(torch):

@@ -1,29 +1,29 @@
-"""Every Python snippet of docs/transformations.md runs as written (each in a fresh interpreter)."""
+"""The blocks of docs/transformations.md that tests/test_docs_examples.py skips run in a fresh interpreter.
+
+They change process-wide settings (JAX's float64) that would leak into the other tests; the rest of
+the page runs in tests/test_docs_examples.py like every page.
+"""
 
 import pathlib
-import re
 import subprocess
 import sys
 
 import pytest
+from test_docs_examples import python_blocks
 
 PAGE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "transformations.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", PAGE.read_text(encoding="utf-8"), flags=re.S)
+FRESH = [(line, code) for line, code, skip in python_blocks(PAGE) if skip and "test_docs_transformations" in skip]
 
 
-def test_the_page_has_its_snippets():
-    assert len(BLOCKS) >= 6
+def test_the_page_has_its_fresh_blocks():
+    assert len(FRESH) >= 1
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_snippet_runs(index):
-    code = BLOCKS[index]
-    needs = {"jax": "import jax" in code, "torch": "import torch" in code}
-    for module, needed in needs.items():
-        if needed:
+@pytest.mark.parametrize("line, code", FRESH, ids=[f"line {line}" for line, _ in FRESH])
+def test_block_runs_in_a_fresh_interpreter(line, code):
+    for module in ("jax", "torch"):
+        if f"import {module}" in code:
             pytest.importorskip(module, reason=f"{module} is not installed")
-    # the second snippet continues the first (z, y from it)
-    prefix = BLOCKS[0] if index == 1 else ""
-    res = subprocess.run([sys.executable, "-W", "error::DeprecationWarning:gammace_ref", "-c", prefix + code],
+    res = subprocess.run([sys.executable, "-W", "error::DeprecationWarning:gammace_ref", "-c", code],
                          capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, f"docs/transformations.md:{line}\n" + res.stderr[-3000:]

@@ -15,7 +15,7 @@ import pytest
 
 import gammace_ref as G
 from gammace_ref import _validation, linear
-from gammace_ref.testing import reference, regimes
+from gammace_ref.testing import metrics, reference
 
 RNG = np.random.default_rng(11)
 N, C, H = 7, 11, 5
@@ -72,17 +72,6 @@ def assert_grads_match(out, h, w, b, y, gamma, threshold, dtype, **kw):
         assert np.all(err <= tol * bound + 1e-300), (name, float(np.max(err / np.maximum(bound, 1e-300))))
 
 
-def _call(backend, fn, h, w, b, y, *args, **kw):
-    arrays = [backend.asarray(h), backend.asarray(w), backend.asarray(y)]
-    if b is not None:
-        arrays.append(backend.asarray(b))
-
-    def f(h, w, y, b=None):
-        return fn(h, w, y, *args, bias=b, **kw)
-    out = backend.call(f, *arrays)
-    return tuple(None if o is None else backend.numpy(o) for o in out)
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_agrees_with_the_materialised_path(backend, dtype, case):
     name, kw, threshold, y, shape = case
@@ -92,12 +81,13 @@ def test_agrees_with_the_materialised_path(backend, dtype, case):
     y = y.reshape(shape[:-1])
     gamma = 1.0 if "gamma1" in name else 0.3
     # None: the default budget, one chunk here.  JAX compiles per shape (each operation, eagerly): fewer shapes.
-    chunks = ([3] if backend.kind.value.startswith("jax") else [1, 3, None]) if name == "mean" else [3]
+    chunks = ([3] if backend.family == "jax" else [1, 3, None]) if name == "mean" else [3]
     for chunk in chunks:
         if threshold is None:
-            out = _call(backend, linear.gamma_ce_value_and_grad, h, w, b, y, gamma, chunk_size=chunk, **kw)
+            out = backend.run(linear.gamma_ce_value_and_grad, h, w, y, gamma, bias=b, chunk_size=chunk, **kw)
         else:
-            out = _call(backend, linear.tailr_value_and_grad, h, w, b, y, gamma, threshold, chunk_size=chunk, **kw)
+            out = backend.run(linear.tailr_value_and_grad, h, w, y, gamma, threshold, bias=b, chunk_size=chunk,
+                              **kw)
         assert out[1].dtype == dtype and out[2].dtype == dtype and out[1].shape == shape
         assert_grads_match(out, h, w, b, y, gamma, threshold, dtype, **kw)
         if name == "mean-all-ignored":
@@ -116,12 +106,12 @@ def test_hard_regimes_against_mpmath(backend):
         kw = dict(reduction="sum", label_smoothing=0.1 if threshold else 0.0)
         fn = linear.gamma_ce_value_and_grad if threshold is None else linear.tailr_value_and_grad
         extra = () if threshold is None else (threshold,)
-        out = _call(backend, fn, rows, w, None, y, gamma, *extra, chunk_size=3, **kw)
+        out = backend.run(fn, rows, w, y, gamma, *extra, chunk_size=3, **kw)
         ref_l, ref_g = reference.batch([list(r) for r in rows], list(y), gamma, threshold,
                                        label_smoothing=kw["label_smoothing"], reduction="sum")
-        assert regimes.rel_err(out[0], ref_l, "float64") <= 1e-12
-        assert regimes.rel_err(out[1], ref_g, "float64") <= 1e-12  # d hidden = G @ I = G
-        g = regimes.to_float64(ref_g)
+        assert metrics.rel_err(out[0], ref_l, "float64") <= 1e-12
+        assert metrics.rel_err(out[1], ref_g, "float64") <= 1e-12  # d hidden = G @ I = G
+        g = metrics.to_float64(ref_g)
         err = np.abs(out[2] - g.T @ rows)
         assert np.all(err <= 1e-12 * (np.abs(g).T @ np.abs(rows)) + 1e-300)
 
@@ -189,7 +179,7 @@ def test_budget_resolution():
 
 
 def _rss_peak_extra(fn):
-    """Peak resident bytes of ``fn()`` above those before it (Linux; as benchmarks/speed.py)."""
+    """Peak resident bytes of ``fn()`` above those before it (Linux; as benchmarks/_common.py)."""
     def status(key):
         with open("/proc/self/status") as f:
             for line in f:

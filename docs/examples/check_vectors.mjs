@@ -1,7 +1,7 @@
 // γ-CE and TaiLr in plain JavaScript (float64), judged against the golden vectors.
 //
-//   node docs/examples/check_vectors.mjs conformance/vectors          # the careful formulas: passes
-//   node docs/examples/check_vectors.mjs conformance/vectors naive    # the textbook formulas: fails
+//   node docs/examples/check_vectors.mjs gammace_ref/conformance/vectors          # the careful formulas: passes
+//   node docs/examples/check_vectors.mjs gammace_ref/conformance/vectors naive    # the textbook formulas: fails
 //
 // Every file, the float64 group, every case: loss and gradient per row,
 // compared with rel_err = |got - expected| / max(|expected|, tiny) against
@@ -85,7 +85,7 @@ function relErr(got, expected) {
   return Number.isNaN(err) ? Infinity : err;
 }
 
-const dir = process.argv[2] ?? "conformance/vectors";
+const dir = process.argv[2] ?? "gammace_ref/conformance/vectors";
 const impl = process.argv[3] === "naive" ? naiveRow : row;
 let failed = 0;
 for (const file of readdirSync(dir).filter((f) => f.endsWith(".json")).sort()) {

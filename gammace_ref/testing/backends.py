@@ -1,10 +1,15 @@
 """The array libraries gammace_ref is checked on, and how to reach each.
 
-Used by the test suite (one ``backend`` fixture) and by ``gammace-ref
-accuracy``.  Each :class:`Backend` knows its module, whether it is usable
-here (:func:`availability` says why not), how to make an array from a NumPy
-one and back, and how to call a function on its arrays -- under
-``jax.jit`` for ``JAX_JIT``, with the non-array arguments closed over.
+Used by the test suites (one ``backend`` fixture), the oracle and
+``gammace-ref accuracy``.  Each :class:`Backend` knows its library
+(``family``) and module, whether it is usable here (:func:`availability`
+says why not); a :class:`BackendUnderTest` makes its arrays from NumPy ones
+and back, and runs a function as the backend runs it (``compile``, ``call``,
+``run``): under ``jax.jit`` for ``JAX_JIT``, with Dask's synchronous
+scheduler for ``DASK``, as it is elsewhere.  As in array-api-extra's
+``lazy_xp_function``, ``call`` and ``run`` trace only the array arguments
+and close over the rest (static under ``jax.jit``); ``compile`` traces every
+argument (a γ passed to it is traced, one compilation per shape).
 ``TORCH_CUDA`` and ``CUPY`` need a CUDA device; ``DASK`` arrays are chunked
 along the leading (batch) axis.  ``GAMMACE_BACKENDS`` / ``GAMMACE_DTYPES``
 (comma-separated) narrow what the suites run (:func:`skip_reason`).
@@ -31,8 +36,13 @@ class Backend(enum.Enum):
     DASK = "dask"
 
     @property
+    def family(self) -> str:
+        """The array library: ``"numpy"``, ``"array_api_strict"``, ``"torch"``, ``"jax"``, ``"cupy"``, ``"dask"``."""
+        return self.value.split(".")[0]
+
+    @property
     def module_name(self) -> str:
-        return {"jax": "jax.numpy", "torch": "torch", "dask": "dask.array"}.get(self.value.split(".")[0], self.value)
+        return {"jax": "jax.numpy", "dask": "dask.array"}.get(self.family, self.family)
 
 
 def skip_reason(kind: Backend) -> str | None:
@@ -51,7 +61,7 @@ def selected_dtypes(default=("float32", "float64")) -> tuple:
 
 @functools.cache
 def availability(kind: Backend) -> str | None:
-    """``None`` if ``kind`` can run here, else the reason it cannot."""
+    """``None`` if ``kind`` can run here, else the reason it cannot (changes no library's settings)."""
     try:
         importlib.import_module(kind.module_name)
     except ImportError as exc:
@@ -69,15 +79,15 @@ def availability(kind: Backend) -> str | None:
                 return "cupy is installed but no CUDA device is present"
         except Exception as exc:  # no driver or no runtime: CuPy raises its own types
             return f"cupy is installed but CUDA is unusable ({type(exc).__name__}: {exc})"
-    if kind in (Backend.JAX, Backend.JAX_JIT):
-        import jax
-
-        jax.config.update("jax_enable_x64", True)  # float64 checks need it; float32 still works
     return None
 
 
 class BackendUnderTest:
-    """One usable backend: ``asarray`` / ``numpy`` converters and ``call``."""
+    """One usable backend: ``asarray`` / ``numpy`` converters, and ``compile`` / ``call`` / ``run``.
+
+    Making one for ``JAX`` or ``JAX_JIT`` enables float64 in JAX
+    (``jax_enable_x64``: the float64 checks need it; float32 still works).
+    """
 
     def __init__(self, kind: Backend):
         import array_api_compat
@@ -86,16 +96,22 @@ class BackendUnderTest:
         if reason:
             raise RuntimeError(reason)
         self.kind = kind
+        self.family = kind.family
         self.module = importlib.import_module(kind.module_name)
         self.lazy = kind is Backend.JAX_JIT
+        if self.family == "jax":
+            import jax
+
+            jax.config.update("jax_enable_x64", True)
         self.xp = array_api_compat.array_namespace(self.asarray(np.zeros(1)))
 
     def __repr__(self):
         return self.kind.value
 
     def asarray(self, a):
+        """An array of this backend from a NumPy array (or anything ``np.asarray`` takes)."""
         a = np.asarray(a)
-        if self.kind in (Backend.TORCH, Backend.TORCH_CUDA):
+        if self.family == "torch":
             t = self.module.from_numpy(a.copy())
             return t.cuda() if self.kind is Backend.TORCH_CUDA else t
         if self.kind is Backend.DASK:  # chunked along the batch (leading) axis: two chunks
@@ -104,7 +120,12 @@ class BackendUnderTest:
         return self.module.asarray(a)
 
     def numpy(self, a):
-        if self.kind in (Backend.TORCH, Backend.TORCH_CUDA):
+        """A NumPy array from an array of this backend; a tuple of them element-wise, ``None`` kept."""
+        if isinstance(a, tuple):
+            return tuple(self.numpy(x) for x in a)
+        if a is None:
+            return None
+        if self.family == "torch":
             a = a.detach().cpu()
             return (a.float() if a.dtype == self.module.bfloat16 else a).numpy()
         if self.kind is Backend.CUPY:
@@ -116,21 +137,49 @@ class BackendUnderTest:
         return np.asarray(a)
 
     def compile(self, fn):
-        """``fn`` as this backend runs it: ``jax.jit(fn)`` for ``JAX_JIT`` (every argument traced)."""
+        """``fn`` as this backend runs it: ``jax.jit(fn)`` for ``JAX_JIT`` (every argument traced).
+
+        ``DASK``: ``fn`` under the synchronous scheduler (tiny test graphs: the
+        threaded one only adds overhead); other backends: ``fn`` itself.
+        """
         if self.lazy:
             import jax
 
             return jax.jit(fn)
-        return lambda *args: self.call(fn, *args)
-
-    def call(self, fn, *arrays, **kwargs):
-        if self.lazy:
-            import jax
-
-            return jax.jit(lambda *a: fn(*a, **kwargs))(*arrays)
-        if self.kind is Backend.DASK:  # tiny test graphs: the threaded scheduler only adds overhead
+        if self.kind is Backend.DASK:
             import dask
 
-            with dask.config.set(scheduler="synchronous"):
-                return fn(*arrays, **kwargs)
-        return fn(*arrays, **kwargs)
+            def synchronous(*args, **kwargs):
+                with dask.config.set(scheduler="synchronous"):
+                    return fn(*args, **kwargs)
+            return synchronous
+        return fn
+
+    def call(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` through :meth:`compile`, with only the array arguments traced.
+
+        The arguments that are arrays (positional or keyword) are the
+        operands; every other one (γ as a Python float, ``reduction=...``) is
+        closed over: static under ``jax.jit``.
+        """
+        import array_api_compat
+
+        pos = [i for i, a in enumerate(args) if array_api_compat.is_array_api_obj(a)]
+        kw = [k for k, v in kwargs.items() if array_api_compat.is_array_api_obj(v)]
+
+        def bound(*arrays, **kwarrays):
+            full = list(args)
+            for i, a in zip(pos, arrays):
+                full[i] = a
+            return fn(*full, **{**kwargs, **kwarrays})
+
+        return self.compile(bound)(*(args[i] for i in pos), **{k: kwargs[k] for k in kw})
+
+    def run(self, fn, *args, **kwargs):
+        """:meth:`call` with NumPy in and out: every NumPy array argument becomes an array of this
+        backend, and the result (an array, or a tuple of arrays and ``None``) comes back as NumPy."""
+        def conv(a):
+            return self.asarray(a) if isinstance(a, np.ndarray) else a
+
+        out = self.call(fn, *map(conv, args), **{k: conv(v) for k, v in kwargs.items()})
+        return self.numpy(out)

@@ -1,15 +1,16 @@
 """The hard numerical regimes, and the worst relative error of a backend on each.
 
 Every regime is a small batch of logit rows (class axis last) with targets,
-built for a dtype (``"float32"`` or ``"float64"``: "huge" logits are ±1e300
-in float64 and ±1e38 in float32).  :func:`measure` runs gammace_ref on a
-backend over every regime × γ and compares value and every gradient component
-with :mod:`gammace_ref.testing.reference`.
-
-Relative error is ``|got - ref| / max(|ref|, tiny)``, ``tiny`` the dtype's
-smallest normal number (so results that underflow count by absolute error
-below it); a result and reference both below ``tiny`` (a subnormal flushed to
-zero) and equal infinities count as exact, NaN as infinitely wrong.
+built for a dtype: ``"float64"``, ``"float32"``, ``"bfloat16"`` or
+``"float16"`` ("huge" logits are ±1e300 in float64, ±1e38 in float32 and
+bfloat16, ±6e4 in float16, whose range is ±65504).  The logits are the
+regime's values rounded once to the dtype (:func:`as_dtype_rows`; float16
+clips the finite values beyond its range to ±65504 first): the reference is
+exact for the rounded inputs the implementation receives.  :func:`expected` is a regime's loss and
+gradient from :mod:`gammace_ref.testing.reference` (mpmath, computed once per
+process); :func:`measure` runs gammace_ref on a backend over every regime × γ
+and compares value and every gradient component with it, by
+:func:`gammace_ref.testing.metrics.rel_err`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import formats, metrics
 
 GAMMAS = (0.0, 1e-7, 0.1, 0.5, 0.8, 1.0 - 1e-9, 1.0)
 TOLERANCE = {"float64": 1e-12, "float32": 2e-5}
@@ -35,7 +38,7 @@ class Regime:
 
 
 def _big(dtype: str) -> float:
-    return 1e300 if dtype == "float64" else 1e38
+    return {"float64": 1e300, "float16": 6e4}.get(dtype, 1e38)
 
 
 @functools.lru_cache(maxsize=8)
@@ -69,80 +72,81 @@ def regimes(dtype: str = "float64", large_c: int = 100_000):
 
 
 def as_dtype_rows(regime: Regime, dtype: str):
-    """The regime's logits as a NumPy array of ``dtype`` and the exact Python floats it holds."""
+    """The regime's logits as a NumPy array of ``dtype`` and the exact Python floats it holds.
+
+    For ``"bfloat16"`` the array is float32 holding bfloat16 values (NumPy
+    has no bfloat16; see :mod:`gammace_ref.testing.formats`).
+    """
     arr = np.asarray(regime.rows, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        arr = arr.astype(dtype)
+    if dtype == "float16":
+        top = formats.FORMATS["float16"].max
+        arr = np.where(np.isfinite(arr), np.clip(arr, -top, top), arr)
+    arr = formats.round_array(arr, dtype)
     return arr, [[float(v) for v in r] for r in arr]
 
 
-def rel_err(got, ref, dtype: str) -> float:
-    """Worst relative error of float array ``got`` against mpmath numbers ``ref`` (same shape).
+def expected(name: str, dtype: str, gamma: float, threshold=None, large_c: int = 100_000):
+    """The mpmath loss and gradient of regime ``name`` (rounded to float64), computed once per process.
 
-    The reference is rounded to float64 first (≤ 1.1e-16 relative, far below
-    any tolerance here); ``ref`` may already be such a float64 array.
+    ``threshold=None`` is γ-CE, a number TaiLr with ``b = threshold``;
+    ``large_c`` the class count of ``huge_vocab``.  Returns ``(loss, grad)``,
+    float64 arrays of shapes ``(N,)`` and ``(N, C)``.
     """
-    tiny = float(np.finfo(dtype).tiny)
-    g = np.asarray(got, dtype=np.float64).ravel()
-    r = to_float64(ref).ravel()
-    # Both below the normal range counts as exact: flushing subnormal results
-    # to zero (XLA on CPU, GPUs) is not an error of the implementation.
-    same = (g == r) | (np.isnan(g) & np.isnan(r)) | ((np.abs(g) < tiny) & (np.abs(r) < tiny))
-    with np.errstate(invalid="ignore"):
-        err = np.abs(g - r) / np.maximum(np.abs(r), tiny)
-    err = np.where(same, 0.0, np.where(np.isnan(err), np.inf, err))
-    return float(err.max(initial=0.0))
-
-
-def to_float64(ref):
-    """mpmath numbers (any nesting) rounded to a float64 NumPy array."""
-    if isinstance(ref, np.ndarray) and ref.dtype == np.float64:
-        return ref
-    obj = np.asarray(ref, dtype=object)
-    return np.array([float(v) for v in obj.ravel()], dtype=np.float64).reshape(obj.shape)
+    return _expected(name, dtype, large_c, gamma, threshold)
 
 
 @functools.lru_cache(maxsize=None)
-def _reference(name, dtype, large_c, gamma, threshold):
-    """mpmath reference of one regime (rounded to float64), computed once per process."""
+def _expected(name, dtype, large_c, gamma, threshold):
     from . import reference
 
     regime = next(r for r in regimes(dtype, large_c) if r.name == name)
     loss, grad = reference.batch(as_dtype_rows(regime, dtype)[1], regime.targets, gamma, threshold=threshold)
-    return to_float64(loss), to_float64(grad)
+    return metrics.to_float64(loss), metrics.to_float64(grad)
 
 
-def measure(to_backend, from_backend, dtype="float64", gammas=GAMMAS, large_c=100_000, loss_fns=None,
-            only=None, progress=None):
+def _gamma_ce(z, y, gamma):
+    from .. import gamma_ce_value_and_grad
+
+    return gamma_ce_value_and_grad(z, y, gamma, reduction="none")
+
+
+def _tailr(z, y, gamma):
+    from .. import tailr_value_and_grad
+
+    return tailr_value_and_grad(z, y, gamma, TAILR_THRESHOLD, reduction="none")
+
+
+LOSSES = {"gamma_ce": (_gamma_ce, None), "tailr": (_tailr, TAILR_THRESHOLD)}  # name -> (fn(z, y, γ), threshold)
+
+
+def measure(backend, dtype="float64", gammas=GAMMAS, large_c=100_000, only=None, progress=None):
     """Worst relative error per regime, for ``gamma_ce`` and ``tailr`` (b = 0.2).
 
-    ``to_backend(np_array)`` makes an array of the backend under test,
-    ``from_backend(arr)`` a NumPy array from it; ``loss_fns`` replaces the
-    functions run (name -> (fn(z, y, gamma) -> (loss, grad), threshold)),
-    ``only`` restricts the regimes by name.  Returns
-    ``{(regime, loss): (worst_value_err, worst_grad_err)}``.
+    ``backend`` is a :class:`~gammace_ref.testing.backends.BackendUnderTest`
+    or a :class:`~gammace_ref.testing.backends.Backend` value (``"torch"``,
+    ``"jax.jit"``, ...); the losses run as it runs them (its ``compile``:
+    under ``jax.jit`` γ is traced, one compilation per shape).  ``only``
+    restricts the regimes by name; ``progress(regime, loss)`` is called after
+    each.  Returns ``{(regime, loss): (worst_value_err, worst_grad_err)}``.
     """
-    from .. import gamma_ce_value_and_grad, tailr_value_and_grad
+    from .backends import Backend, BackendUnderTest
 
-    fns = loss_fns or {
-        "gamma_ce": (lambda z, y, g: gamma_ce_value_and_grad(z, y, g, reduction="none"), None),
-        "tailr": (lambda z, y, g: tailr_value_and_grad(z, y, g, TAILR_THRESHOLD, reduction="none"),
-                  TAILR_THRESHOLD),
-    }
+    b = backend if isinstance(backend, BackendUnderTest) else BackendUnderTest(Backend(backend))
+    fns = {name: (b.compile(fn), threshold) for name, (fn, threshold) in LOSSES.items()}
     out = {}
     for regime in regimes(dtype, large_c):
         if only is not None and regime.name not in only:
             continue
         arr, rows = as_dtype_rows(regime, dtype)
-        z = to_backend(arr)
-        y = to_backend(np.asarray(regime.targets, dtype=np.int64))
-        for name, (fn, b) in fns.items():
+        z = b.asarray(arr)
+        y = b.asarray(np.asarray(regime.targets, dtype=np.int64))
+        for name, (fn, threshold) in fns.items():
             worst_v = worst_g = 0.0
             for g in gammas:
-                loss, grad = fn(z, y, g)
-                ref_l, ref_g = _reference(regime.name, dtype, large_c, g, b)
-                worst_v = max(worst_v, rel_err(from_backend(loss), ref_l, dtype))
-                worst_g = max(worst_g, rel_err(from_backend(grad), ref_g, dtype))
+                loss, grad = b.numpy(fn(z, y, g))
+                ref_l, ref_g = expected(regime.name, dtype, g, threshold, large_c)
+                worst_v = max(worst_v, metrics.rel_err(loss, ref_l, dtype))
+                worst_g = max(worst_g, metrics.rel_err(grad, ref_g, dtype))
             out[(regime.name, name)] = (worst_v, worst_g)
             if progress:
                 progress(regime.name, name)

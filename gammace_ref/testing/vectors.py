@@ -1,11 +1,13 @@
 r"""Golden vectors: the regime battery with its mpmath answers, as portable JSON.
 
 :func:`generate` builds one JSON document per regime of
-:mod:`gammace_ref.testing.regimes` (``conformance/vectors/<regime>.json`` in
-this repository; ``gammace-ref vectors --out DIR`` writes them), :func:`write`
-writes them, :func:`load` reads them back as :class:`Case` objects with NumPy
-arrays.  The files are the ground truth of the conformance suite, meant to be
-read by implementations in any language.
+:mod:`gammace_ref.testing.regimes`, :func:`write` writes them
+(``gammace-ref vectors --out DIR``), :func:`load` reads them back as
+:class:`Case` objects with NumPy arrays, checking every field.  The files are
+the ground truth of the conformance suite, meant to be read by
+implementations in any language; the package ships them
+(``gammace_ref/conformance/vectors/<regime>.json``, :func:`shipped`), and
+:func:`load` reads those by default.
 
 File format (version 1)
 -----------------------
@@ -98,7 +100,7 @@ its loss and of every gradient component is within the group's tolerance
 float32), measured as ``|got - expected| / max(|expected|, tiny)`` with
 ``tiny`` the format's smallest normal number; equal infinities, and a result
 and expected value both below ``tiny`` (subnormals flushed to zero), count as
-exact, NaN as infinitely wrong (:func:`gammace_ref.testing.regimes.rel_err`
+exact, NaN as infinitely wrong (:func:`gammace_ref.testing.metrics.rel_err`
 is the definition).
 
 What is covered
@@ -116,9 +118,13 @@ the tuples.
 
 from __future__ import annotations
 
+import errno
+import importlib.resources
 import json
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +141,6 @@ HUGE_VOCAB_GAMMAS = (0.0, 1.0)
 SMOOTHING = 0.1
 SMOOTHING_REGIMES = ("p_to_1", "moderate")
 SMOOTHING_GAMMAS = (0.0, 0.5, 1.0)
-DEFAULT_DIR = os.path.join("conformance", "vectors")
 
 # (significand bits, exponent of the smallest subnormal, exponent of 2^(emax+1)).
 _BINARY = {"float64": (53, -1074, 1024), "float32": (24, -149, 128)}
@@ -333,16 +338,61 @@ def generate(names=None) -> dict[str, str]:
     return {f"{n}.json": _dump(_document(n)) + "\n" for n in regime_names() if names is None or n in names}
 
 
-def write(out_dir=DEFAULT_DIR) -> list[Path]:
-    """Write :func:`generate`'s files into ``out_dir`` (created if needed); returns their paths."""
+def _is_vector_file(path: Path) -> bool:
+    """Whether ``path`` is a golden-vector file (its ``format`` field, in the first bytes as written)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    return f'"format": "{FORMAT}"'.encode() in head
+
+
+def write(out_dir, *, force: bool = False) -> list[Path]:
+    """Write :func:`generate`'s files into ``out_dir``; returns their paths.
+
+    ``out_dir`` is created (with its parents) if it does not exist.  A
+    directory that already holds files is refused with ``FileExistsError``
+    unless ``force``: then its golden-vector files (``*.json`` of this
+    format) are replaced by the new set, a vector file the generator no
+    longer writes is removed, and every other file is left alone.  Nothing
+    in ``out_dir`` changes until every file has been generated and written
+    to a temporary directory inside it; the files are then moved in.  A path
+    that is a file raises ``NotADirectoryError``; a directory that cannot be
+    created or written raises the ``OSError`` of the failing call, before
+    the (seconds-long) generation starts.
+    """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", str(out))
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(errno.EEXIST, "the directory is not empty (force=True, or --force, replaces "
+                                            "its golden-vector files)", str(out))
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in generate().items():
-        path = out / name
-        path.write_bytes(text.encode("utf-8"))
-        paths.append(path)
-    return paths
+    tmp = Path(tempfile.mkdtemp(prefix=".vectors-", dir=out))
+    try:
+        texts = generate()
+        for name, text in texts.items():
+            (tmp / name).write_bytes(text.encode("utf-8"))
+        for stale in out.glob("*.json"):
+            if stale.name not in texts and _is_vector_file(stale):
+                stale.unlink()
+        paths = []
+        for name in texts:
+            os.replace(tmp / name, out / name)
+            paths.append(out / name)
+        return paths
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def shipped():
+    """The golden vectors shipped in the package (``gammace_ref/conformance/vectors/``).
+
+    A :class:`importlib.resources.abc.Traversable` (a :class:`~pathlib.Path`
+    for an ordinary install or a checkout); :func:`load` reads it by default.
+    """
+    return importlib.resources.files("gammace_ref.conformance") / "vectors"
 
 
 # --------------------------------------------------------------------------- reading
@@ -377,24 +427,136 @@ def parse_floats(strings, dtype: str) -> np.ndarray:
     return flat.astype(dtype).reshape(obj.shape)
 
 
-def load(directory=DEFAULT_DIR, names=None) -> list[Case]:
-    """Every case of the ``*.json`` files in ``directory`` (or of the regimes in ``names``), in file order."""
+class _Invalid:
+    """Builds the ``ValueError`` for one field of one file: ``<file>: <field>: <what is wrong>``."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, where: str, what: str) -> ValueError:
+        return ValueError(f"{self.path}: {where}: {what}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _floats(value, shape: tuple, dtype: str, where: str, bad: _Invalid) -> np.ndarray:
+    """A nested list of float strings of exactly ``shape`` (``None``: any length), as a ``dtype`` array."""
+    try:
+        obj = np.asarray(value, dtype=object)
+    except ValueError:  # a ragged nesting NumPy refuses
+        raise bad(where, f"expected rows of equal length, got {_short(value)}") from None
+    if obj.ndim != len(shape) or any(want is not None and got != want for got, want in zip(obj.shape, shape)):
+        want = " × ".join("N" if w is None else str(w) for w in shape)
+        rows = " (rows of equal length)" if len(shape) > 1 else ""
+        raise bad(where, f"expected {want} float strings{rows}, got shape {obj.shape}")
+    for i, s in enumerate(obj.ravel()):
+        if not isinstance(s, str):
+            raise bad(where, f"element {i}: expected a float as a JSON string (\"0.1\", \"-inf\"), got {_short(s)}")
+        try:
+            float(s)
+        except ValueError:
+            raise bad(where, f"element {i}: {s!r} is not a decimal float") from None
+    return parse_floats(obj, dtype)
+
+
+def _parameter(case: dict, key: str, where: str, bad: _Invalid) -> float:
+    """γ, b or ε: a float64 string in [0, 1]."""
+    value = case.get(key)
+    if not isinstance(value, str):
+        raise bad(f"{where}.{key}", f"expected a float as a JSON string, got {_short(value)}")
+    try:
+        x = float(value)
+    except ValueError:
+        raise bad(f"{where}.{key}", f"{value!r} is not a decimal float") from None
+    if not 0.0 <= x <= 1.0:
+        raise bad(f"{where}.{key}", f"{value} is outside [0, 1]")
+    return x
+
+
+def _read(path, text: str, names) -> list[Case]:
+    """The cases of one file, every field checked against the format (version 1)."""
+    bad = _Invalid(path)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise ValueError(f"{path}: not a golden-vector file (format {FORMAT!r}, version {VERSION})")
+    regime = doc.get("regime")
+    stem = path.name.removesuffix(".json")
+    if regime != stem:
+        raise bad("regime", f"expected the file's name without .json, {stem!r}, got {_short(regime)}")
+    if names is not None and regime not in names:
+        return []
+    if doc.get("reduction") != "none":
+        raise bad("reduction", f'expected "none", got {_short(doc.get("reduction"))}')
     cases = []
-    for path in sorted(Path(directory).glob("*.json")):
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-            raise ValueError(f"{path}: not a version-{VERSION} golden-vector file")
-        if names is not None and doc["regime"] not in names:
-            continue
-        for dtype in DTYPES:
-            group = doc[dtype]
-            logits = parse_floats(group["logits"], dtype)
-            targets = np.asarray(group["targets"], dtype=np.int64)
-            for c in group["cases"]:
-                cases.append(Case(
-                    regime=doc["regime"], dtype=dtype, loss=c["loss"], gamma=float(c["gamma"]),
-                    threshold=None if c["threshold"] is None else float(c["threshold"]),
-                    label_smoothing=float(c["label_smoothing"]), logits=logits, targets=targets,
-                    expected_loss=parse_floats(c["expected_loss"], dtype).reshape(len(targets)),
-                    expected_grad=parse_floats(c["expected_grad"], dtype).reshape(logits.shape)))
+    for dtype in DTYPES:
+        group = doc.get(dtype)
+        if not isinstance(group, dict):
+            raise bad(dtype, f"expected the {dtype} group (an object), got {_short(group)}")
+        logits = _floats(group.get("logits"), (None, None), dtype, f"{dtype}.logits", bad)
+        n, n_classes = logits.shape
+        if n == 0 or n_classes == 0:
+            raise bad(f"{dtype}.logits", f"expected at least one row and one class, got shape {logits.shape}")
+        targets = group.get("targets")
+        if not isinstance(targets, list) or len(targets) != n:
+            raise bad(f"{dtype}.targets", f"expected {n} integers (one per row of logits), got {_short(targets)}")
+        for i, t in enumerate(targets):
+            if type(t) is not int:
+                raise bad(f"{dtype}.targets[{i}]", f"expected an integer, got {_short(t)}")
+            if not 0 <= t < n_classes:
+                raise bad(f"{dtype}.targets[{i}]", f"{t} is outside [0, C) for C = {n_classes} classes")
+        raw = group.get("cases")
+        if not isinstance(raw, list) or not raw:
+            raise bad(f"{dtype}.cases", f"expected a non-empty list of cases, got {_short(raw)}")
+        for k, c in enumerate(raw):
+            where = f"{dtype}.cases[{k}]"
+            if not isinstance(c, dict):
+                raise bad(where, f"expected an object, got {_short(c)}")
+            loss = c.get("loss")
+            if loss not in ("gamma_ce", "tailr"):
+                raise bad(f"{where}.loss", f'expected "gamma_ce" or "tailr", got {_short(loss)}')
+            if loss == "gamma_ce" and c.get("threshold") is not None:
+                raise bad(f"{where}.threshold", f"expected null for gamma_ce, got {_short(c.get('threshold'))}")
+            cases.append(Case(
+                regime=regime, dtype=dtype, loss=loss, gamma=_parameter(c, "gamma", where, bad),
+                threshold=_parameter(c, "threshold", where, bad) if loss == "tailr" else None,
+                label_smoothing=_parameter(c, "label_smoothing", where, bad), logits=logits,
+                targets=np.asarray(targets, dtype=np.int64),
+                expected_loss=_floats(c.get("expected_loss"), (n,), dtype, f"{where}.expected_loss", bad),
+                expected_grad=_floats(c.get("expected_grad"), (n, n_classes), dtype, f"{where}.expected_grad",
+                                      bad)))
+    return cases
+
+
+def load(directory=None, names=None) -> list[Case]:
+    """Every case of the golden-vector files in ``directory``, in file order.
+
+    ``directory`` defaults to the vectors shipped in the package
+    (:func:`shipped`); ``names`` restricts to those regimes.  Raises
+    ``FileNotFoundError`` (naming the path) if ``directory`` does not exist
+    or holds no ``*.json`` file, or if a regime of ``names`` has no file, so
+    that a loop over the result never passes having checked nothing; raises
+    ``ValueError`` naming the file and the field for a file that is not JSON
+    or breaks the format: a missing or malformed field, a target outside
+    ``[0, C)``, a ``loss`` other than ``"gamma_ce"`` / ``"tailr"``, γ, b or
+    ε outside [0, 1], an expected value of the wrong shape.
+    """
+    root = shipped() if directory is None else Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"golden vectors: {root} is not a directory")
+    files = sorted((p for p in root.iterdir() if p.name.endswith(".json") and p.is_file()), key=lambda p: p.name)
+    if not files:
+        raise FileNotFoundError(f"golden vectors: no *.json file in {root}")
+    cases = []
+    for path in files:
+        cases += _read(path, path.read_text(encoding="utf-8"), None if names is None else set(names))
+    if names is not None:
+        missing = sorted(set(names) - {c.regime for c in cases})
+        if missing:
+            raise FileNotFoundError(f"golden vectors: no file for regime(s) {', '.join(missing)} in {root}")
     return cases

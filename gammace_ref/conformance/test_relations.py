@@ -17,16 +17,11 @@ import pytest
 
 import gammace_ref as G
 from gammace_ref.testing import regimes
-from gammace_ref.testing.backends import Backend, availability
+from gammace_ref.testing.backends import Backend, BackendUnderTest
 
 RNG = np.random.default_rng(7)
 Z = RNG.normal(0.0, 3.0, size=(8, 7))
 Y = np.array([0, 1, 2, 3, 1, 5, 6, 4])
-
-
-def _run(backend, fn, z, y, *args, **kw):
-    out = backend.call(lambda a, b: fn(a, b, *args, **kw), backend.asarray(z), backend.asarray(y))
-    return tuple(backend.numpy(o) for o in out) if isinstance(out, tuple) else backend.numpy(out)
 
 
 def _log_softmax(z):
@@ -58,15 +53,15 @@ def test_tailr_gradient_is_the_gamma_ce_gradient_reweighted(backend, gamma, b, e
     ratio = (G.tailr_weight(lp_y, gamma, b) / G.tailr_weight(lp_y, gamma, 0.0))[:, None]
     assert (ratio > 1e3).any() and (ratio == 1).any()
     smooth = eps * (np.exp(lp) - 1 / z.shape[1]) / len(y)  # mean reduction
-    g_ce = _run(backend, G.gamma_ce_grad, z, y, gamma)
-    g_tl = _run(backend, G.tailr_grad, z, y, gamma, b, label_smoothing=eps)
+    g_ce = backend.run(G.gamma_ce_grad, z, y, gamma)
+    g_tl = backend.run(G.tailr_grad, z, y, gamma, b, label_smoothing=eps)
     # atol: where the two terms cancel on the target, rounding of terms of size ~1e-2.
     np.testing.assert_allclose(g_tl, (1 - eps) * ratio * g_ce + smooth, rtol=1e-12, atol=1e-16)
 
 
 def test_tailr_gamma_one_is_dft(backend):
     # γ = 1, b = 0: weight w = p, loss sg(p)·(-log p) (DFT token scaling).
-    loss, grad = _run(backend, G.tailr_value_and_grad, Z, Y, 1.0, 0.0, reduction="none")
+    loss, grad = backend.run(G.tailr_value_and_grad, Z, Y, 1.0, 0.0, reduction="none")
     lp = _log_softmax(Z)
     p = np.exp(lp[np.arange(len(Y)), Y])
     np.testing.assert_allclose(loss, -p * lp[np.arange(len(Y)), Y], rtol=1e-13)
@@ -83,7 +78,7 @@ def test_tailr_matches_official_criterion_formula(backend):
     p = np.exp(-nll)
     w = np.clip(np.exp(np.log(p) - np.log(gamma + (1 - gamma) * p)), b, 1.0)
     official = (1 - eps) * (w * nll * keep).sum() + eps / 7 * (-lprobs.sum(-1) * keep).sum()
-    ours = _run(backend, G.tailr, Z, Y, gamma, b, ignore_index=pad, label_smoothing=eps, reduction="sum")
+    ours = backend.run(G.tailr, Z, Y, gamma, b, ignore_index=pad, label_smoothing=eps, reduction="sum")
     assert ours == pytest.approx(official, rel=1e-13)
 
 
@@ -98,21 +93,21 @@ def test_gamma_zero_is_torch_cross_entropy(backend):
             zt = torch.tensor(z, requires_grad=True)
             ref = F.cross_entropy(zt, torch.tensor(y), reduction=reduction, label_smoothing=eps)
             ref.backward(torch.ones_like(ref))
-            loss, grad = _run(backend, G.gamma_ce_value_and_grad, z, y, 0.0, axis=1,
-                              reduction=reduction, ignore_index=-100, label_smoothing=eps)
+            loss, grad = backend.run(G.gamma_ce_value_and_grad, z, y, 0.0, axis=1, reduction=reduction,
+                                     ignore_index=-100, label_smoothing=eps)
             np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=1e-13)
             np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=1e-12, atol=1e-15)
 
 
 def test_gamma_zero_is_optax_cross_entropy(backend):
     optax = pytest.importorskip("optax", reason="optax is not installed: no JAX cross-entropy to compare with")
-    assert availability(Backend.JAX) is None  # enables float64 in JAX
+    BackendUnderTest(Backend.JAX)  # usable here (else it raises), with float64 enabled in JAX
     import jax
     import jax.numpy as jnp
 
     zj, yj = jnp.asarray(Z), jnp.asarray(Y)
     ref_l = optax.softmax_cross_entropy_with_integer_labels(zj, yj)
     ref_g = jax.grad(lambda a: optax.softmax_cross_entropy_with_integer_labels(a, yj).sum())(zj)
-    loss, grad = _run(backend, G.gamma_ce_value_and_grad, Z, Y, 0.0, reduction="none")
+    loss, grad = backend.run(G.gamma_ce_value_and_grad, Z, Y, 0.0, reduction="none")
     np.testing.assert_allclose(loss, np.asarray(ref_l), rtol=1e-13)
     np.testing.assert_allclose(grad, np.asarray(ref_g), rtol=1e-12, atol=1e-15)

@@ -1,7 +1,10 @@
-"""Run the conformance suite (``conformance/``, pytest) and summarise it: backend × check.
+"""The runner of ``gammace-ref conformance``: the conformance suite under pytest, summarised.
 
-``gammace-ref conformance`` calls :func:`run`: pytest runs the suite (its
-progress line is the progress), a small plugin records every test's outcome,
+``gammace-ref conformance`` calls :func:`run`: pytest runs the suite shipped
+in the package (:mod:`gammace_ref.conformance`, found with
+:mod:`importlib.resources`, so it runs from an installed wheel in any
+directory) with the suite's own settings (``conformance.ini``: warnings are
+errors; the progress line is the progress), a small plugin records every test's outcome,
 its backend(s) (the ``backend`` / ``pair`` parameter) and the worst error it
 reported (``record_property("worst_rel_err", ...)``), and the result is a
 table with one row per backend and one column per check (the test module),
@@ -11,12 +14,14 @@ so two runs of the same code diff clean.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+from . import table
 from .backends import Backend, skip_reason
 
 ANY = "(any)"  # checks that take no backend: generator, oracle on NumPy, ...
@@ -49,15 +54,23 @@ class _Collector:
 
 
 def find_suite(path=None) -> Path:
-    """The ``conformance/`` directory: ``path``, else ``./conformance``, else the checkout's."""
-    for cand in ([Path(path)] if path else [Path.cwd() / "conformance", Path(__file__).parents[2] / "conformance"]):
-        if (cand / "test_vectors.py").is_file():
-            return cand.resolve()
-    raise SystemExit("gammace-ref conformance: no conformance/ suite found (run it from a checkout of "
-                     "gammace_ref, or pass --suite DIR)")
+    """The suite's directory: ``path`` (a copy of the suite), else the one shipped in the package."""
+    if path is None:
+        suite = importlib.resources.files("gammace_ref.conformance")
+        if not isinstance(suite, Path):  # a zip import: pytest needs files on disk
+            raise SystemExit("gammace-ref conformance: the package is not installed as files "
+                             f"({suite!r}); install it from a wheel or a checkout")
+        return suite
+    suite = Path(path)
+    if not (suite / "test_vectors.py").is_file():
+        raise SystemExit(f"gammace-ref conformance: {suite} is not a copy of the conformance suite "
+                         "(no test_vectors.py in it)")
+    return suite.resolve()
 
 
 def run(backends=None, dtypes=None, suite=None, json_path=None, pytest_args=()) -> int:
+    """Run the suite (``GAMMACE_BACKENDS`` / ``GAMMACE_DTYPES`` from ``backends`` / ``dtypes``),
+    print the backend × check table, write the JSON report; returns pytest's exit status."""
     import pytest
 
     suite = find_suite(suite)
@@ -65,12 +78,12 @@ def run(backends=None, dtypes=None, suite=None, json_path=None, pytest_args=()) 
         os.environ["GAMMACE_BACKENDS"] = ",".join(backends)
     if dtypes:
         os.environ["GAMMACE_DTYPES"] = ",".join(dtypes)
+    ini = Path(importlib.resources.files("gammace_ref.conformance") / "conformance.ini")
     collector = _Collector()
-    code = pytest.main([str(suite), "-q", "-p", "no:cacheprovider", "--no-header", "-rN", *pytest_args],
-                       plugins=[collector])
+    code = pytest.main([str(suite), "-c", str(ini), "--rootdir", str(suite), "-q", "-p", "no:cacheprovider",
+                        "--no-header", "-rN", *pytest_args], plugins=[collector])
     status = {k.value: skip_reason(k) for k in Backend}
-    table = _table(collector, status)
-    print(table)
+    print(_table(collector, status))
     if json_path:
         report = {"passed": code == 0, "exit_code": int(code), "backends": {
             k: {"run": reason is None, "reason": reason} for k, reason in status.items()},
@@ -82,10 +95,8 @@ def run(backends=None, dtypes=None, suite=None, json_path=None, pytest_args=()) 
 
 def _table(collector, status) -> str:
     checks = sorted({c for _, c in collector.cells})
-    rows = [k.value for k in Backend if status[k.value] is None] + [ANY]
-    width = max(12, *(len(c) + 2 for c in checks))
-    out = ["", f"{'backend':18}" + "".join(f"{c:>{width}}" for c in checks)]
-    for b in rows:
+    rows = []
+    for b in [k.value for k in Backend if status[k.value] is None] + [ANY]:
         cells = []
         for c in checks:
             cell = collector.cells.get((b, c))
@@ -95,9 +106,9 @@ def _table(collector, status) -> str:
             worst = "" if cell["worst_rel_err"] is None else f"{cell['worst_rel_err']:.1e} "
             n = cell["passed"] + cell["failed"]
             cells.append(f"{worst}{'ok' if not cell['failed'] else 'FAIL'} {cell['passed']}/{n}")
-        out.append(f"{b:18}" + "".join(f"{x:>{width}}" for x in cells))
-    out.append("cells: worst relative error reported by the check (where it reports one), status, "
-               "tests passed / run")
+        rows.append([b, *cells])
+    out = ["", table.render(["backend", *checks], rows),
+           "cells: worst relative error reported by the check (where it reports one), status, tests passed / run"]
     for k, reason in status.items():
         if reason:
             out.append(f"not run: {k}: {reason}")

@@ -1,7 +1,8 @@
 """The golden vectors: checked in as generated, and reproduced by every backend.
 
-``conformance/vectors/*.json`` (format: :mod:`gammace_ref.testing.vectors`)
-hold the regime battery with its mpmath answers.  These tests check that the
+``gammace_ref/conformance/vectors/*.json`` (format:
+:mod:`gammace_ref.testing.vectors`) hold the regime battery with its mpmath
+answers.  These tests check that the
 files are exactly what the generator writes, and that every backend computes
 each case's loss and gradient within ``regimes.TOLERANCE`` of them.
 """
@@ -14,11 +15,10 @@ from pathlib import Path
 import numpy as np
 
 import gammace_ref as G
-from gammace_ref.testing import regimes, vectors
-from gammace_ref.testing.backends import Backend
+from gammace_ref.testing import metrics, regimes, vectors
 
 VECTORS = Path(__file__).parent / "vectors"
-REGENERATE = "run `gammace-ref vectors --out conformance/vectors` and commit the result"
+REGENERATE = "run `gammace-ref vectors --out gammace_ref/conformance/vectors --force` and commit the result"
 
 
 @functools.cache
@@ -29,7 +29,7 @@ def _cases(dtype):
 def test_checked_in_files_match_the_generator():
     expected = vectors.generate()
     present = sorted(p.name for p in VECTORS.glob("*.json"))
-    assert present == sorted(expected), f"conformance/vectors/*.json is not the generated set: {REGENERATE}"
+    assert present == sorted(expected), f"{VECTORS}/*.json is not the generated set: {REGENERATE}"
     stale = [name for name, text in expected.items() if (VECTORS / name).read_bytes() != text.encode("utf-8")]
     assert not stale, f"{', '.join(stale)} differ from the generator's output: {REGENERATE}"
 
@@ -40,15 +40,14 @@ def test_files_stay_small():
 
 
 @functools.cache
-def _jitted(eps):
-    # Both losses in one function, γ and b traced: one compile per (shape, dtype, ε).
-    import jax
-
+def _both(eps):
+    # Both losses in one function, γ and b its arguments: traced under jax.jit, one compile per
+    # (shape, dtype, ε).
     def both(z, y, g, b):
         return (G.gamma_ce_value_and_grad(z, y, g, reduction="none", label_smoothing=eps),
                 G.tailr_value_and_grad(z, y, g, b, reduction="none", label_smoothing=eps))
 
-    return jax.jit(both)
+    return both
 
 
 def _batches(dtype):
@@ -78,18 +77,12 @@ def test_backend_reproduces_vectors(backend, dtype, record_property):
     for eps, gamma, z_np, y_np, rows in _batches(dtype):
         z, y = backend.asarray(z_np), backend.asarray(y_np)
         (b,) = {c.threshold for c, _ in rows if c.loss == "tailr"}
-        if backend.kind is Backend.JAX_JIT:
-            out = dict(zip(("gamma_ce", "tailr"), _jitted(eps)(z, y, gamma, b)))
-        else:
-            kw = {"reduction": "none", "label_smoothing": eps}
-            out = {"gamma_ce": backend.call(G.gamma_ce_value_and_grad, z, y, gamma, **kw),
-                   "tailr": backend.call(G.tailr_value_and_grad, z, y, gamma, b, **kw)}
-        out = {k: (backend.numpy(v), backend.numpy(g)) for k, (v, g) in out.items()}
+        out = dict(zip(("gamma_ce", "tailr"), backend.numpy(backend.compile(_both(eps))(z, y, gamma, b))))
         for c, r in rows:
             loss_v, grad = out[c.loss]
             assert loss_v.dtype == dtype and grad.dtype == dtype
-            err_v = regimes.rel_err(loss_v[r], c.expected_loss.astype(np.float64), dtype)
-            err_g = regimes.rel_err(grad[r], c.expected_grad.astype(np.float64), dtype)
+            err_v = metrics.rel_err(loss_v[r], c.expected_loss.astype(np.float64), dtype)
+            err_g = metrics.rel_err(grad[r], c.expected_grad.astype(np.float64), dtype)
             checked += 1
             worst = max(worst, err_v, err_g)
             if max(err_v, err_g) > tol:
