@@ -144,8 +144,18 @@ def test_maml_through_the_hidden_states_path_raises(torch):
 
     x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 5, (8,))
     w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    # issue 20's pattern: an inner step with create_graph=True, then the outer backward -- never silently
+    # first-order
+    (g,) = torch.autograd.grad(GT.linear_gamma_ce(x, w, y, 0.3), w, create_graph=True)
+    exact = torch.autograd.grad(GT.gamma_ce(x @ w.T, y, 0.3), w)[0]
+    assert torch.allclose(g, exact, rtol=1e-13, atol=0)  # the first derivative itself is right
     with pytest.raises(NotImplementedError, match="second derivatives .* not implemented on the hidden-states"):
-        torch.autograd.grad(GT.linear_gamma_ce(x, w, y, 0.3), w, create_graph=True)
+        GT.linear_gamma_ce(x, w - 0.5 * g, y, 0.3).backward()
+    for reduction in ("none", "sum"):
+        (g,) = torch.autograd.grad(GT.linear_tailr(x, w, y, 0.3, 0.2, reduction=reduction).sum(), w,
+                                   create_graph=True)
+        with pytest.raises(NotImplementedError, match="hidden-states"):
+            torch.autograd.grad((g * g).sum(), w)  # a gradient penalty
 
 
 # --------------------------------------------------------------------------- JAX hidden states

@@ -43,6 +43,66 @@ def stored_times(stored, g):
     return tuple(None if t is None else t * g.to(t.dtype) for t in stored)
 
 
+class _NotTwice(torch.autograd.Function):
+    """Identity on the gradients of a first-order-only backward; differentiating them raises ``message``.
+
+    Inputs: ``n`` (how many inputs follow before the gradients), those inputs
+    (the tensors the gradients depend on: the graph leads back to them), the
+    message, the gradients.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(n, *args):
+        return tuple(t.view_as(t) for t in args[n + 1:])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.message = inputs[inputs[0] + 1]
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise NotImplementedError(ctx.message)
+
+    @staticmethod
+    def jvp(ctx, *_):
+        raise NotImplementedError(ctx.message)
+
+
+def first_order_only(message, inputs):
+    """Decorate an ``autograd.Function.backward`` whose result is exact to first order only.
+
+    ``torch.autograd.function.once_differentiable`` raises for a second
+    derivative only where the upstream gradient itself requires grad: a
+    MAML step (``torch.autograd.grad(loss, params, create_graph=True)``,
+    upstream 1) would get gradients without history and a silently
+    first-order outer gradient.  Here, whenever a graph is being built, the
+    gradients come out of :class:`_NotTwice` connected to ``inputs(ctx)``
+    (the tensors they depend on): first-order uses (``torch.func.grad``
+    included) see them as they are, differentiating them raises
+    ``NotImplementedError(message)``.
+    """
+    def decorate(backward):
+        def wrapper(ctx, *grads_out):
+            with torch.no_grad():
+                out = backward(ctx, *grads_out)
+            if not torch.is_grad_enabled():
+                return out
+            anchors = [t for t in inputs(ctx) if isinstance(t, torch.Tensor) and t.requires_grad]
+            where = [i for i, t in enumerate(out) if isinstance(t, torch.Tensor)]
+            if not anchors or not where:
+                return out
+            wrapped = _NotTwice.apply(len(anchors), *anchors, message, *(out[i] for i in where))
+            out = list(out)
+            for i, t in zip(where, wrapped):
+                out[i] = t
+            return tuple(out)
+        wrapper.__name__, wrapper.__doc__ = backward.__name__, backward.__doc__
+        return wrapper
+    return decorate
+
+
 def differentiated(t) -> bool:
     """``t`` is a tensor that autograd follows (backward with grad enabled, or forward mode)."""
     if not isinstance(t, torch.Tensor):

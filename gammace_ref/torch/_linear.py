@@ -5,8 +5,14 @@ from __future__ import annotations
 import torch
 
 from .. import linear
-from ._autograd import stored_times
+from ._autograd import first_order_only, stored_times
 from ._kernel import check_tensors
+
+
+SECOND_ORDER = ("gammace_ref.torch.linear_*: second derivatives (a gradient taken with create_graph=True and "
+                "differentiated again: MAML, gradient penalties, Hessian-vector products) are not implemented on "
+                "the hidden-states path; use the logits functions gammace_ref.torch.gamma_ce / tailr, whose second "
+                "derivatives are exact")
 
 
 class _Linear(torch.autograd.Function):
@@ -25,25 +31,20 @@ class _Linear(torch.autograd.Function):
         per_row = opts.reduction == "none"
         out = linear.run(hidden, weight, bias, targets, opts, need_grad=not per_row, **ctx.plan)
         # "none": the backward pass runs the chunks again with the per-target cotangent.
-        ctx.save_for_backward(*((hidden, weight, bias, targets) if per_row else (out.hidden, out.weight, out.bias)))
+        # (and the inputs: a graph built by the backward pass leads back to them)
+        ctx.save_for_backward(hidden, weight, bias, targets, *(() if per_row else (out.hidden, out.weight, out.bias)))
         return out.loss
 
     @staticmethod
+    @first_order_only(SECOND_ORDER, lambda ctx: ctx.saved_tensors[:3])
     def backward(ctx, g):
-        # (once_differentiable would raise for a second derivative only where g itself requires grad:
-        # a MAML step through it would silently be first-order)
-        if torch.is_grad_enabled():
-            raise NotImplementedError(
-                "gammace_ref.torch.linear_*: second derivatives (create_graph=True: MAML, gradient penalties, "
-                "Hessian-vector products) are not implemented on the hidden-states path; use the logits "
-                "functions gammace_ref.torch.gamma_ce / tailr, whose second derivatives are exact")
         if ctx.opts.reduction == "none":
             hidden, weight, bias, targets = ctx.saved_tensors
             out = linear.run(hidden, weight, bias if ctx.has_bias else None, targets, ctx.opts, cotangent=g,
                              **ctx.plan)
             grads = (out.hidden, out.weight, out.bias)
         else:
-            grads = stored_times(ctx.saved_tensors, g)
+            grads = stored_times(ctx.saved_tensors[4:], g)
         grads = tuple(t if need else None for t, need in zip(grads, ctx.needs_input_grad[:3]))
         return grads + (None,) * 4
 
