@@ -45,12 +45,17 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def sharded():
+def on_4_devices(script, timeout):
+    """The JSON that ``script`` prints last, run in a JAX process with 4 host devices."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def sharded():
+    return on_4_devices(SCRIPT, 300)
 
 
 @pytest.mark.parametrize("layout", ["batch", "vocab", "both"])
@@ -107,10 +112,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def shard_mapped():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-c", SHARD_MAP], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return on_4_devices(SHARD_MAP, 600)
 
 
 @pytest.mark.parametrize("case", [f"{loss}-{red}" for loss in ("gamma_ce", "tailr") for red in ("mean", "sum", "none")])
