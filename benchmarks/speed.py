@@ -2,6 +2,13 @@
 
     python benchmarks/speed.py                       # every backend installed here
     python benchmarks/speed.py --only torch --shapes 4096x32000 --json out.json
+    python benchmarks/speed.py --only torch-cuda --shapes 8192x128256 --dtype bfloat16
+
+``--dtype`` (float32, bfloat16, float16) is the logits' dtype on torch and JAX
+(NumPy and CuPy stay float32).  On CUDA the torch group also times a device
+copy of the logits (``clone``: read once, write once, the bytes a loss-and-
+gradient pass must move at least) and gives each candidate's fraction of
+that bandwidth floor.
 
 For each shape (default N×C = 4096×32000 and 1024×128000, float32 logits) and
 backend, the candidates and their baseline run side by side in this one
@@ -34,6 +41,7 @@ import gammace_ref as G
 from gammace_ref.testing.backends import Backend, availability
 
 GAMMA, THRESHOLD = 0.1, 0.2
+FLOOR = "device copy of the logits (bandwidth floor)"
 GOALS = {  # ratio to the group's baseline that issue 4 asks for
     "torch adapter, loss.backward() (default: compiled core)": 0.6,
     "torch eager gamma_ce_value_and_grad": 1.5,
@@ -70,7 +78,7 @@ def _time_group(fns, sync, repeats, warmup):
 
 
 # --------------------------------------------------------------------------- groups
-def _numpy_group(z, y):
+def _numpy_group(z, y, dtype=None):
     zn, yn = z, y
     return "numpy", "np.exp(logits)", {
         "np.exp(logits)": lambda: np.exp(zn),
@@ -78,7 +86,7 @@ def _numpy_group(z, y):
     }, (lambda out: out), rss_peak_extra
 
 
-def _cupy_group(z, y):
+def _cupy_group(z, y, dtype=None):
     import cupy as cp
 
     zc, yc = cp.asarray(z), cp.asarray(y)
@@ -89,13 +97,13 @@ def _cupy_group(z, y):
     }, sync, None
 
 
-def _torch_group(z, y, device):
+def _torch_group(z, y, device, dtype="float32"):
     import torch
     import torch.nn.functional as F
 
     import gammace_ref.torch as gt
 
-    zt = torch.from_numpy(z).to(device).requires_grad_()
+    zt = torch.from_numpy(z).to(device, getattr(torch, dtype)).requires_grad_()
     yt = torch.from_numpy(y).to(device)
 
     def backward(loss_fn):
@@ -115,6 +123,8 @@ def _torch_group(z, y, device):
         "torch eager gamma_ce_value_and_grad": lambda: G.gamma_ce_value_and_grad(zt.detach(), yt, GAMMA),
     }
     cuda = device != "cpu"
+    if cuda:  # the bandwidth floor: read the logits once, write a gradient once
+        fns[FLOOR] = lambda: zt.detach().clone()
     sync = (lambda out: torch.cuda.synchronize()) if cuda else (lambda out: None)
     probe = (lambda fn: _cuda_peak_extra(torch, fn)) if cuda else rss_peak_extra
 
@@ -124,14 +134,14 @@ def _torch_group(z, y, device):
     return f"torch ({device})", "F.cross_entropy, loss.backward()", fns, sync, mem
 
 
-def _jax_group(z, y):
+def _jax_group(z, y, dtype="float32"):
     import jax
     import jax.numpy as jnp
     import optax
 
     import gammace_ref.jax as gj
 
-    zj, yj = jnp.asarray(z), jnp.asarray(y)
+    zj, yj = jnp.asarray(z, dtype=getattr(jnp, dtype)), jnp.asarray(y)
     native = jax.jit(jax.value_and_grad(
         lambda a: optax.softmax_cross_entropy_with_integer_labels(a, yj).mean()))
     core = jax.jit(lambda a: G.gamma_ce_value_and_grad(a, yj, GAMMA))
@@ -156,8 +166,8 @@ def _jax_group(z, y):
 def _groups(only):
     """(key, make) of the groups to run: those asked for (``--only``) whose backend is usable here."""
     groups = {"numpy": (Backend.NUMPY, _numpy_group),
-              "torch": (Backend.TORCH, lambda z, y: _torch_group(z, y, "cpu")),
-              "torch-cuda": (Backend.TORCH_CUDA, lambda z, y: _torch_group(z, y, "cuda")),
+              "torch": (Backend.TORCH, lambda z, y, d: _torch_group(z, y, "cpu", d)),
+              "torch-cuda": (Backend.TORCH_CUDA, lambda z, y, d: _torch_group(z, y, "cuda", d)),
               "jax": (Backend.JAX, _jax_group),  # and optax, the baseline
               "cupy": (Backend.CUPY, _cupy_group)}
     return [(key, make) for key, (kind, make) in groups.items()
@@ -170,6 +180,8 @@ def main(argv=None):
     p.add_argument("--shapes", nargs="+", default=["4096x32000", "1024x128000"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--only", nargs="+", help="numpy torch torch-cuda jax cupy (default: all present)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="the logits' dtype on torch and JAX (default float32)")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
@@ -181,15 +193,16 @@ def main(argv=None):
         z = rng.standard_normal((n, c), dtype=np.float32) * 3
         y = rng.integers(0, c, size=n)
         for key, make in _groups(args.only):
-            backend, base, fns, sync, mem = make(z, y)
+            backend, base, fns, sync, mem = make(z, y, args.dtype)
             print(f"[{time.strftime('%H:%M:%S')}] {shape} {backend}: warming up", file=sys.stderr, flush=True)
             med = _time_group(fns, sync, args.repeats, warmup=2)
             for name, t in med.items():
                 extra = None
                 if mem is not None and not args.no_memory:
                     extra = mem(fns[name])
-                rows.append(dict(shape=shape, backend=backend, candidate=name, baseline=base,
+                rows.append(dict(shape=shape, dtype=args.dtype, backend=backend, candidate=name, baseline=base,
                                  median_ms=round(t * 1e3, 2), ratio=round(t / med[base], 3),
+                                 of_floor=round(med[FLOOR] / t, 3) if FLOOR in med else None,
                                  goal=GOALS.get(name),
                                  peak_extra_x_logits=None if extra is None else round(extra / z.nbytes, 2)))
             del fns
@@ -198,8 +211,9 @@ def main(argv=None):
     print()
     report(rows, {"shape": "{}", "backend": "{}", "candidate": "{}", "median ms": ("median_ms", "{:.1f}"),
                   "× baseline": ("ratio", "{:.2f}"), "goal": ("goal", "≤ {}"),
+                  "of bandwidth floor": ("of_floor", "{:.0%}"),
                   "peak extra / logits bytes": ("peak_extra_x_logits", "{:.2f}")},
-           args.json, repeats=args.repeats)
+           args.json, repeats=args.repeats, dtype=args.dtype)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ value back to the host.
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any, NamedTuple
 
 from . import _validation
@@ -55,35 +56,100 @@ def _xlog(xp, v):
     return xp.where(pos, xp.log(xp.where(pos, v, 1.0)), -math.inf)
 
 
-def gamma_terms(xp, lp, q, gamma, device):
-    """γ-CE value ``L`` and weight ``w`` from ``log p`` and ``q = 1 - p``.
+def _rounded(v: float, bits: int) -> float:
+    """``v`` (a Python float) rounded to the nearest float of ``bits`` bits: float32's for 32, itself for 64."""
+    return struct.unpack("f", struct.pack("f", v))[0] if bits == 32 else v
+
+
+def _log_split(xp, v, dtype):
+    """``(hi, lo)``: ``log v`` (``v ≥ 0`` a Python float or a 0-d array) as the nearest value of ``dtype``, and the rest.
+
+    ``lo`` is 0 at ``v = 0`` (``hi = -inf``).  ``log γ`` of a γ below float32's
+    range is ~-700, where float32's spacing is 6e-5: ``hi`` alone would cost
+    ``w`` a relative 3e-5 (item 8 of issue 16).
+    """
+    if isinstance(v, (int, float)):
+        log_v = _log(v)
+        hi = _rounded(log_v, xp.finfo(dtype).bits)
+        return hi, (log_v - hi if v > 0.0 else 0.0)  # exact: hi is log_v's rounding
+    log_v = _xlog(xp, v)
+    hi = xp.astype(log_v, dtype)
+    return hi, xp.where(v > 0, log_v - xp.astype(hi, log_v.dtype), 0.0)
+
+
+def _sub_error(xp, a, b, diff):
+    """The rounding error of ``diff = a - b`` (Knuth's TwoSum: ``a - b = diff + error`` exactly), 0 where ``diff`` is not finite."""
+    fin = xp.isfinite(diff)
+    a, b = xp.where(fin, a, 0.0), xp.where(fin, b, 0.0)
+    diff = a - b
+    bv = diff - a
+    return (a - (diff - bv)) - (b + bv)
+
+
+def gamma_terms(xp, lp, q, gamma, device, *, parts=None, with_log=False):
+    """γ-CE value ``L`` and weight ``w`` from ``log p`` and ``q = 1 - p`` (and ``log w`` if ``with_log``).
 
     ``lp`` and ``q`` are arrays of one float dtype on ``device``; ``gamma`` a
     Python float in [0, 1] or a 0-d array (traced).  See the module docstring
-    for the regimes.
+    for the regimes.  ``parts = (d, log_s, d_err)``, where ``lp = d - log_s``
+    and ``d + d_err`` is exact (the logits' difference before rounding):
+    ``log γ - log p``, which decides ``w``, is then formed from them without
+    rounding ``log p`` first -- it matters in float32 when γ is below
+    float32's range (``log γ ≈ log p ≈ -700``, float32's spacing 6e-5 there).
     """
+    dt = lp.dtype
+    log_g, log_g_lo = _log_split(xp, gamma, dt)
     if isinstance(gamma, float):
-        consts = (1.0 - gamma, _log(gamma), _log(1.0 - gamma), max(1.0 - gamma, 0.5))
+        consts = (1.0 - gamma, log_g, log_g_lo, _log(1.0 - gamma), max(1.0 - gamma, 0.5))
     else:
         c = 1 - gamma
-        consts = (c, _xlog(xp, gamma), _xlog(xp, c), xp.clip(c, 0.5, None))
+        consts = (c, log_g, log_g_lo, _xlog(xp, c), xp.clip(c, 0.5, None))
     # 0-d arrays of the compute dtype (computed in double, rounded once): every
     # operation below is then array-array, the form every library and
     # tracing compiler handles alike.
-    c, log_g, log_c, c_div = (xp.asarray(v, dtype=lp.dtype, device=device)
-                              if isinstance(v, float) else xp.astype(v, lp.dtype) for v in consts)
-    eps = xp.finfo(lp.dtype).eps
+    c, log_g, log_g_lo, log_c, c_div = (xp.asarray(v, dtype=dt, device=device)
+                                        if isinstance(v, float) else xp.astype(v, dt) for v in consts)
+    eps = xp.finfo(dt).eps
     x = c * q
     small = x <= 0.5
     # ψ(x) = -log1p(-x)/x on [√eps, 1/2]; its series below √eps (error < eps/4).
     series = x < math.sqrt(eps)
     x_mid = xp.clip(x, math.sqrt(eps), 0.5)
     psi = xp.where(series, 1.0 + x * (0.5 + x / 3.0), -xp.log1p(-x_mid) / x_mid)
-    lp_far = xp.clip(lp, -xp.finfo(lp.dtype).max, None)  # keeps -inf - -inf out of w
     big = -xp.logaddexp(log_g, log_c + lp) / c_div
     loss = xp.where(small, q * psi, big)
-    w = xp.exp(-xp.logaddexp(log_g - lp_far, log_c))
-    return loss, w
+    # log w = -logaddexp(t, log c), t = log γ - log p: a masked target (log p = -inf)
+    # gives t = inf, w = 0; γ = 0 gives w = 1, without forming -inf - -inf.
+    if isinstance(gamma, float) and gamma == 0.0:
+        log_w = xp.zeros_like(q)
+    else:
+        if parts is None:
+            t = (log_g - lp) + log_g_lo
+        else:
+            d, log_s, d_err = parts
+            t = ((log_g - d) + log_s) + (log_g_lo - d_err)
+        log_w = -xp.logaddexp(t, log_c)
+        if not isinstance(gamma, float):  # a traced γ of 0: t may be NaN (-inf - -inf); w = 1
+            log_w = xp.where(gamma > 0, log_w, 0.0)
+    w = xp.exp(log_w)
+    return (loss, w, log_w) if with_log else (loss, w)
+
+
+def weighted_nll(xp, k, log_k, nll):
+    """TaiLr's ``W·(-log p)`` from ``W``, ``log W`` and ``-log p``.
+
+    One product; where ``W`` is below the smallest normal number it has lost
+    relative precision (float32 TaiLr with b = 0 and γ below ~1e-34), so
+    ``exp(log W + log(-log p))`` instead.  A masked target (``-log p = inf``):
+    ``inf`` where ``W > 0``, and 0 where ``W = 0`` (b = 0, γ > 0): the limit
+    of ``p·(-log p)/(γ + (1-γ)p)`` as ``p -> 0``, not ``0·inf``.
+    """
+    small = k < xp.finfo(k.dtype).smallest_normal
+    finite = xp.isfinite(nll)
+    pos = finite & (nll > 0)
+    via_log = xp.exp(log_k + xp.log(xp.where(pos, nll, 1.0)))
+    tiny_w = xp.where(pos, via_log, xp.where(finite | (log_k == -math.inf), 0.0, nll))
+    return xp.where(small, tiny_w, k * xp.where(small, 0.0, nll))
 
 
 def targets(xp, y, opts: Options, n_classes: int, device):
@@ -100,9 +166,11 @@ def targets(xp, y, opts: Options, n_classes: int, device):
 class Rows(NamedTuple):
     """Per-row statistics, each of shape ``(..., 1)``.
 
-    ``m`` the row maximum (0 where it is not finite: ignored or poisoned
-    rows, ``ok`` False), ``R = Σ_{j≠y} exp(z_j - m)``, ``z_y`` the target
-    logit and ``smooth = Σ_j (m - z_j)`` (``None`` without label smoothing).
+    ``m`` the row maximum (NaN where it is not finite: ignored or poisoned
+    rows, ``ok`` False, whose entries are all excluded -- NaN, not a number
+    that could meet ``±inf`` logits in ``inf - inf`` and warn), ``R = Σ_{j≠y} exp(z_j - m)``,
+    ``z_y`` the target logit and ``smooth = a·Σ_j (m - z_j)`` with
+    ``a = SMOOTH_SCALE`` (``None`` without label smoothing).
     """
 
     m: Any
@@ -125,35 +193,84 @@ class Terms(NamedTuple):
     on: Any
 
 
-def statistics(xp, z, m, ok, plan, smoothing: bool):
-    """``(Rows, e)`` from logits ``z`` and their row maximum ``m`` (0 where ``ok`` is False).
+#: Label smoothing's ``Σ_j (m - z_j)`` is summed as ``Σ_j (a·m - a·z_j)`` with
+#: this ``a``: a power of two, so each term is ``a·(m - z_j)`` rounded once
+#: (no cancellation), and the sum cannot overflow for any C ≤ 2**31 where
+#: ``Σ_j (m - z_j)`` itself overflows at logits of ±1e38 (float32).
+SMOOTH_SCALE = 2.0 ** -32
 
-    ``e = exp(z - m)`` with the target entries 0, kept for the gradient.
+
+def smoothing_on(opts: Options) -> bool:
+    """Label smoothing is part of the computation: ε is a non-zero number, or an array (traced)."""
+    eps = opts.label_smoothing
+    return not isinstance(eps, (int, float)) or eps != 0.0
+
+
+def _smoothing(xp, opts: Options, dtype):
+    """ε as the core uses it: a Python float, or a 0-d array of ``dtype``."""
+    eps = opts.label_smoothing
+    return eps if isinstance(eps, (int, float)) else xp.astype(eps, dtype)
+
+
+def _smoothing_term(xp, smooth, eps, n_classes: int, dtype, device):
+    """``ε/C·Σ_j (m - z_j)`` from ``smooth = a·Σ_j (m - z_j)`` (``a = SMOOTH_SCALE``): ``(smooth/C)·F``, ``F = ε/a``.
+
+    ``smooth/C ≤ 2**-31·max``, so the product overflows only where the
+    result does.  A tiny ε (``F`` below the smallest normal number, e.g.
+    ε < 2.7e-48 in float32) takes ``exp(log(smooth/C) + log F)`` instead, with
+    ``log F`` carried in two parts: no ``F`` rounded to 0 (a ``-inf`` logit
+    keeps its ``+inf``; a finite term is not lost), no subnormal (which XLA
+    flushes to 0).
+    """
+    tiny = xp.finfo(dtype).smallest_normal
+    per_class = smooth / n_classes
+    F = eps / SMOOTH_SCALE
+    if isinstance(eps, (int, float)) and F >= tiny:
+        return per_class * xp.asarray(F, dtype=dtype, device=device)
+    hi, lo = _log_split(xp, F, dtype)
+    pos = per_class > 0
+    via_log = xp.where(pos, xp.exp((xp.log(xp.where(pos, per_class, 1.0)) + hi) + lo), 0.0)
+    if isinstance(eps, (int, float)):
+        return via_log
+    return xp.where(F >= tiny, per_class * xp.astype(F, dtype), xp.where(eps > 0, via_log, 0.0))
+
+
+def statistics(xp, z, m, ok, plan, smoothing: bool):
+    """``(Rows, e)`` from logits ``z`` and their row maximum ``m`` (NaN where ``ok`` is False).
+
+    ``e = exp(z - m)`` with the target entries 0 (and the whole row 0 where
+    ``ok`` is False), kept for the gradient.
     """
     e = plan.exp_off_target(z, m)
     sums = [xp.sum(e, axis=-1, keepdims=True), plan.target_logit(z)]
     if smoothing:  # Σ_j -log p_j = Σ_j (m - z_j) + C·log s: non-negative terms only
-        sums.append(xp.sum(m - z, axis=-1, keepdims=True))
+        sums.append(plan.gap_sum(z, m, SMOOTH_SCALE))
     R, z_y, *smooth = plan.row_sums(sums)
     return Rows(m, R, z_y, smooth[0] if smooth else None, ok), e
 
 
 def terms(xp, rows: Rows, opts: Options, n_classes: int, device) -> Terms:
     """The γ-CE (or TaiLr) loss of each row and its gradient factors, from the row statistics."""
-    eps_ls = opts.label_smoothing
-    d = xp.where(rows.ok, rows.z_y - rows.m, 0.0)
+    dt = rows.R.dtype
+    eps_ls = _smoothing(xp, opts, dt)
+    diff = rows.z_y - rows.m
+    d = xp.where(rows.ok, diff, 0.0)
+    d_err = xp.where(rows.ok, _sub_error(xp, rows.z_y, rows.m, diff), 0.0)
     log_s = xp.log1p(rows.R + xp.expm1(d))
     s = rows.R + xp.exp(d)
     q = rows.R / s
-    loss, k = gamma_terms(xp, d - log_s, q, opts.gamma, device)
+    loss, k, log_k = gamma_terms(xp, d - log_s, q, opts.gamma, device, parts=(d, log_s, d_err), with_log=True)
     if opts.tailr:
-        k = xp.clip(k, opts.threshold, 1.0)
-        loss = k * (log_s - d)
-    if eps_ls:
-        loss = (1.0 - eps_ls) * loss + (eps_ls / n_classes) * (rows.smooth + n_classes * log_s)
+        b = opts.threshold
+        k = xp.clip(k, b, 1.0)
+        log_b = _log(b) if isinstance(b, float) else xp.astype(_xlog(xp, b), dt)
+        loss = weighted_nll(xp, k, xp.clip(log_k, log_b, 0.0), log_s - d)
+    if smoothing_on(opts):
+        smooth = _smoothing_term(xp, rows.smooth, opts.label_smoothing, n_classes, dt, device)
+        loss = (1.0 - eps_ls) * loss + smooth + eps_ls * log_s
     k1 = (1.0 - eps_ls) * k
     on = -k1 * q  # k·(p - 1) on the target, from q = 1 - p
-    if eps_ls:
+    if smoothing_on(opts):
         on = on + eps_ls * (xp.exp(d) / s - 1.0 / n_classes)
     return Terms(loss, k1, s, on)
 
@@ -182,10 +299,10 @@ def gradient(xp, e, t: Terms, scale, opts: Options, n_classes: int, plan):
     arrays live at once.  ``e`` may be one slice (block) of the classes, with
     ``plan`` locating the targets in it.
     """
-    eps_ls = opts.label_smoothing
+    eps_ls = _smoothing(xp, opts, t.s.dtype)
     scale = scale[..., None]
     coef = (t.k1 + eps_ls) / t.s * scale  # k·e_j/s off the target
-    grad = plan.scaled(e, coef, (eps_ls / n_classes) * scale if eps_ls else None)
+    grad = plan.scaled(e, coef, (eps_ls / n_classes) * scale if smoothing_on(opts) else None)
     return plan.with_targets(grad, t.on * scale)
 
 
@@ -202,19 +319,31 @@ def compute(xp, z, y, opts: Options, *, need_grad: bool, plan):
     (:func:`explain`).
     """
     n_classes = plan.n_classes(z.shape[-1])
+    _, bad, _, e, t, loss, scale = _prepared(xp, z, y, opts, plan)
+    if not need_grad:
+        return loss, None, bad
+    return loss, gradient(xp, e, t, scale, opts, n_classes, plan), bad
+
+
+def _prepared(xp, z, y, opts: Options, plan):
+    """The steps before the gradient: ``(valid, bad, rows, e, terms, loss, scale)`` (for :func:`compute` and
+    :func:`second_order`)."""
+    n_classes = plan.n_classes(z.shape[-1])
     valid, y_safe = targets(xp, y, opts, n_classes, plan.device)
-    plan.locate(y_safe, z.shape[-1])
     m = plan.row_max(xp.max(z, axis=-1, keepdims=True))
     bad = _validation.bad_rows(xp, y, valid, m[..., 0], n_classes, opts)
     if plan.readable and _validation.read_any(xp, bad):
         _validation.raise_bad_rows(xp, y, valid, m[..., 0], n_classes)
     ok = xp.isfinite(m)  # False only for ignored (or poisoned) rows
-    rows, e = statistics(xp, z, xp.where(ok, m, 0.0), ok, plan, bool(opts.label_smoothing))
+    # Such a row may hold anything (NaN, +inf): all its entries are excluded like
+    # a target entry, so its gradient is 0 (poisoned rows: NaN, from their scale).
+    # An eager call that has none skips nothing (one read instead of an N×C pass).
+    skip = ~ok if not plan.readable or _validation.read_any(xp, ~ok) is not False else None
+    plan.locate(y_safe, z.shape[-1], skip=skip)
+    rows, e = statistics(xp, z, xp.where(ok, m, xp.nan), ok, plan, smoothing_on(opts))
     t = terms(xp, rows, opts, n_classes, plan.device)
     loss, scale = reduce(xp, t.loss, valid, bad, opts, z.dtype)
-    if not need_grad:
-        return loss, None, bad
-    return loss, gradient(xp, e, t, scale, opts, n_classes, plan), bad
+    return valid, bad, rows, e, t, loss, scale
 
 
 def explain(xp, z, y, opts: Options, plan) -> None:
@@ -323,22 +452,6 @@ class Second(NamedTuple):
     dgamma_dot: Any
 
 
-def _prepared(xp, z, y, opts: Options, plan):
-    """The steps :func:`compute` starts with: ``(valid, bad, rows, e, terms, loss, scale)``."""
-    n_classes = plan.n_classes(z.shape[-1])
-    valid, y_safe = targets(xp, y, opts, n_classes, plan.device)
-    plan.locate(y_safe, z.shape[-1])
-    m = plan.row_max(xp.max(z, axis=-1, keepdims=True))
-    bad = _validation.bad_rows(xp, y, valid, m[..., 0], n_classes, opts)
-    if plan.readable and _validation.read_any(xp, bad):
-        _validation.raise_bad_rows(xp, y, valid, m[..., 0], n_classes)
-    ok = xp.isfinite(m)
-    rows, e = statistics(xp, z, xp.where(ok, m, 0.0), ok, plan, bool(opts.label_smoothing))
-    t = terms(xp, rows, opts, n_classes, plan.device)
-    loss, scale = reduce(xp, t.loss, valid, bad, opts, z.dtype)
-    return valid, bad, rows, e, t, loss, scale
-
-
 def second_order(xp, z, y, opts: Options, *, v=None, gamma_dot=None, need_grad=True, need_dgamma=False,
                  plan) -> Second:
     """Loss, gradient, dL/dγ and their derivatives along ``(v, γ̇)``, in one pass (a :class:`Second`).
@@ -351,7 +464,8 @@ def second_order(xp, z, y, opts: Options, *, v=None, gamma_dot=None, need_grad=T
     """
     n_classes = plan.n_classes(z.shape[-1])
     valid, bad, rows, e, t, loss, scale = _prepared(xp, z, y, opts, plan)
-    eps_ls, dtype = opts.label_smoothing, z.dtype
+    dtype = z.dtype
+    eps_ls = _smoothing(xp, opts, dtype)
     if gamma_dot is not None and getattr(gamma_dot, "ndim", 0):  # one γ̇ per target (a transposed product)
         gamma_dot = gamma_dot[..., None]
     d = xp.where(rows.ok, rows.z_y - rows.m, 0.0)

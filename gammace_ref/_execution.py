@@ -55,10 +55,21 @@ class Masked:
         """The number of classes of a row (this slice's ``n_local`` unless sharded)."""
         return n_local
 
-    def locate(self, y_safe, n_local: int) -> None:
-        """Remember the targets ``y_safe`` (shape ``(..., 1)``, each in ``[0, n_classes)``)."""
-        self.cols = y_safe
-        self.onehot = self.xp.arange(n_local, dtype=y_safe.dtype, device=self.device) == y_safe
+    def locate(self, y_safe, n_local: int, skip=None) -> None:
+        """Remember the targets ``y_safe`` (shape ``(..., 1)``, each in ``[0, n_classes)``).
+
+        ``skip`` (boolean, ``(..., 1)``): rows whose every entry is excluded
+        like a target entry -- rows without a finite maximum, which may hold
+        NaN or ``+inf`` -- so that nothing of theirs reaches the gradient.
+        (In the one-hot mask: one ``|`` that a compiler fuses into its pass.)
+        """
+        self.cols, self.skip = y_safe, skip
+        self.onehot = self._onehot(y_safe, n_local)
+        if skip is not None:
+            self.onehot = self.onehot | skip
+
+    def _onehot(self, y_safe, n_local: int):
+        return self.xp.arange(n_local, dtype=y_safe.dtype, device=self.device) == y_safe
 
     def row_max(self, m):
         return m
@@ -71,6 +82,10 @@ class Masked:
         """``exp(z - m)`` with the target entries 0."""
         xp = self.xp
         return xp.exp(xp.where(self.onehot, -xp.inf, z - m))
+
+    def gap_sum(self, z, m, a):
+        """``Σ_j (a·m - a·z_j)`` per row (``(..., 1)``), ``a`` a power of two (label smoothing's sum)."""
+        return self.xp.sum(m * a - z * a, axis=-1, keepdims=True)
 
     def target_logit(self, z):
         xp = self.xp
@@ -92,20 +107,30 @@ class Masked:
 class InPlace(Masked):
     """Target entries set in place (O(N)); falls back to the mask where assignment fails."""
 
-    def locate(self, y_safe, n_local: int) -> None:
-        self.cols, self.n_local, self.onehot = y_safe, n_local, None
+    def locate(self, y_safe, n_local: int, skip=None) -> None:
+        self.cols, self.n_local, self.skip, self.onehot = y_safe, n_local, skip, None
 
     def exp_off_target(self, z, m):
         e = self._set(self.xp.exp(z - m), 0.0)
+        if e is not None and self.skip is not None:
+            e = self._zero_rows(e, self.skip)
         if e is not None:
             return e
-        Masked.locate(self, self.cols, self.n_local)  # no integer-array assignment here: mask
+        Masked.locate(self, self.cols, self.n_local, self.skip)  # no integer-array assignment here: mask
         return Masked.exp_off_target(self, z, m)
 
     def target_logit(self, z):
         if self.onehot is None and not hasattr(self.xp, "take_along_axis"):
-            Masked.locate(self, self.cols, self.n_local)  # the one-term sum needs the mask
+            Masked.locate(self, self.cols, self.n_local, self.skip)  # the one-term sum needs the mask
         return Masked.target_logit(self, z)
+
+    def gap_sum(self, z, m, a):
+        t = z * -a  # one N×C temporary, then in place: the mask's form costs two
+        try:
+            t += m * a
+        except (TypeError, ValueError):
+            return Masked.gap_sum(self, z, m, a)
+        return self.xp.sum(t, axis=-1, keepdims=True)
 
     def scaled(self, e, coef, shift=None):
         if self.onehot is not None:
@@ -119,6 +144,15 @@ class InPlace(Masked):
         if self.onehot is not None:
             return Masked.with_targets(self, a, on)
         return self._set(a, on)
+
+    def _zero_rows(self, a, rows):
+        """``a`` with the rows where ``rows`` (``(..., 1)``) is True set to 0 in place (O(N) when none is)."""
+        a2 = self.xp.reshape(a, (-1, a.shape[-1]))
+        try:
+            a2[self.xp.reshape(rows, (-1,))] = 0.0
+        except (IndexError, NotImplementedError, TypeError):
+            return None
+        return self.xp.reshape(a2, a.shape)
 
     def _set(self, a, values):
         """``a`` with ``a[..., y] = values`` set in place; ``None`` where the library cannot."""
@@ -150,12 +184,14 @@ class Sharded(Masked):
     def n_classes(self, n_local: int) -> int:
         return self.total
 
-    def locate(self, y_safe, n_local: int) -> None:
+    def locate(self, y_safe, n_local: int, skip=None) -> None:
         xp = self.xp
         local = y_safe - self.offset
         self.here = (local >= 0) & (local < n_local)  # the target's class is in this slice
-        super().locate(xp.where(self.here, local, 0), n_local)
-        self.onehot = self.onehot & self.here
+        super().locate(xp.where(self.here, local, 0), n_local, skip)
+
+    def _onehot(self, y_safe, n_local: int):
+        return super()._onehot(y_safe, n_local) & self.here
 
     def row_max(self, m):
         return self.max(m)

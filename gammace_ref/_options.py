@@ -26,7 +26,7 @@ class Options:
     (traced, unchecked); ``threshold`` is TaiLr's ``b`` (unused by γ-CE);
     ``tailr`` selects the TaiLr surrogate; ``reduction`` is ``"none"``,
     ``"mean"`` or ``"sum"``; ``ignore_index`` an int or ``None``;
-    ``label_smoothing`` a float in [0, 1); ``where`` ``None`` or a boolean
+    ``label_smoothing`` a float in [0, 1) (or a 0-d array, like γ); ``where`` ``None`` or a boolean
     array of the targets' shape: only its True entries count (optax's
     ``where``), as if the others were ``ignore_index``.
     """
@@ -39,8 +39,9 @@ class Options:
     label_smoothing: float = 0.0
     where: Any = None
 
-    #: The fields that may hold an array: operands of a compiled function.
-    OPERANDS = ("gamma", "threshold", "where")
+    #: The fields that may hold an array: operands of a compiled function
+    #: (``ignore_index``: the torch adapter's kernel traces its value).
+    OPERANDS = ("gamma", "threshold", "label_smoothing", "ignore_index", "where")
 
     def split(self) -> tuple[Options, tuple]:
         """``(static, operands)``: a hashable copy with ``None`` for each array field, and those arrays.

@@ -41,30 +41,49 @@ def is_array(x: Any) -> bool:
     return array_api_compat.is_array_api_obj(x) and not isinstance(x, numbers.Number)
 
 
-def unit_interval(name: str, value: Any) -> Any:
-    """``value`` as a Python float in [0, 1], or a traced 0-d array left as is."""
+def _real_scalar(name: str, value: Any, what: str) -> Any:
+    """``value`` as a Python float, or a traced 0-d array left as is; ``what`` says the range for messages.
+
+    A real number (not a bool), or a 0-d array of a real floating or integer
+    dtype (not bool, complex, string, object, datetime) whose value can be
+    read; a traced array (``jax.jit``) cannot be read and is returned.
+    """
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        v = float(value)
-    elif is_array(value):
-        if getattr(value, "ndim", 0) != 0:
-            raise ValueError(f"{name} must be a scalar or a 0-d array, got shape {tuple(value.shape)}")
         try:
-            v = float(value)
-        except TypeError:
-            return value  # traced: no value to check; out of range gives NaN in the core
-    else:
-        raise TypeError(f"{name} must be a real number in [0, 1], got {describe(value)} {value!r}")
-    if not 0.0 <= v <= 1.0:  # also catches NaN
+            return float(value)
+        except (TypeError, ValueError) as exc:  # numpy.timedelta64 is an Integral without a float value
+            raise TypeError(f"{name} must be {what}, got {describe(value)} {value!r}") from exc
+    if not is_array(value):
+        raise TypeError(f"{name} must be {what}, got {describe(value)} {value!r}")
+    try:
+        real = array_api_compat.array_namespace(value).isdtype(value.dtype, ("real floating", "integral"))
+    except Exception:  # a dtype outside the standard (string, object, datetime64): not a real number
+        real = False
+    if not real:
+        raise TypeError(f"{name} must be {what}, got {describe(value)} of dtype {value.dtype}")
+    if getattr(value, "ndim", 0) != 0:
+        raise ValueError(f"{name} must be a scalar or a 0-d array, got shape {tuple(value.shape)}")
+    try:
+        return float(value)
+    except TypeError:  # traced (jax.jit: ConcretizationTypeError): no value to check
+        return value
+    except Exception as exc:  # no value to read (a meta tensor, ...)
+        raise TypeError(f"{name} must be {what} with a value, got {describe(value)} whose value cannot be "
+                        f"read ({type(exc).__name__}: {exc})") from exc
+
+
+def unit_interval(name: str, value: Any) -> Any:
+    """``value`` as a Python float in [0, 1], or a traced 0-d array left as is (out of range: NaN in the core)."""
+    v = _real_scalar(name, value, "a real number in [0, 1]")
+    if isinstance(v, float) and not 0.0 <= v <= 1.0:  # also catches NaN
         raise ValueError(f"{name} must be in [0, 1], got {v!r}")
     return v
 
 
-def smoothing(value: Any) -> float:
-    """``label_smoothing`` as a Python float in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"label_smoothing must be a real number in [0, 1), got {describe(value)} {value!r}")
-    v = float(value)
-    if not 0.0 <= v < 1.0:
+def smoothing(value: Any) -> Any:
+    """``label_smoothing`` as a Python float in [0, 1), or a traced 0-d array left as is."""
+    v = _real_scalar("label_smoothing", value, "a real number in [0, 1)")
+    if isinstance(v, float) and not 0.0 <= v < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {v!r}")
     return v
 
@@ -166,9 +185,54 @@ def integral(xp, name: str, arr) -> None:
         raise TypeError(f"{name} must have an integer dtype (class indices), got {arr.dtype}")
 
 
-def compute_dtype(xp, dtype):
-    """float32 and float64 compute in themselves; narrower floats (float16, bfloat16) in float32."""
-    return dtype if dtype in (xp.float32, xp.float64) else xp.float32
+def check_narrowing(name: str, original, dtype) -> None:
+    """Raise ``ValueError`` if the integer array ``original`` holds a value that ``dtype`` cannot (a conversion would wrap it).
+
+    For adapters that convert their callers' arrays (JAX without
+    ``jax_enable_x64`` makes int64 targets int32: 2**32 + 1 would become 1).
+    """
+    xp = array_api_compat.array_namespace(original)
+    if not xp.isdtype(original.dtype, "integral") or original.size == 0:
+        return
+    info = xp.iinfo(dtype)
+    outside = (original < info.min) | (original > info.max)
+    if bool(xp.any(outside)):
+        idx, val = _first(xp, outside, original)
+        raise ValueError(f"{name}: value {val} at index {idx} does not fit {dtype}, the dtype it would be "
+                         f"converted to (it would wrap to another value)")
+
+
+def compute_dtype(xp, dtype, name="logits"):
+    """float32 and float64 compute in themselves; narrower floats (float16, bfloat16) in float32.
+
+    A wider float (``longdouble``) raises: computing it in float32 or float64
+    would silently drop the precision its caller chose.
+    """
+    if dtype in (xp.float32, xp.float64):
+        return dtype
+    if xp.finfo(dtype).bits > 64:
+        raise TypeError(f"{name} has dtype {dtype}, wider than float64: gammace_ref computes in float32 or "
+                        f"float64; convert {name} to float64 to compute in float64")
+    return xp.float32
+
+
+def _index_targets(xp, targets, device, n_classes: int, ignore_index):
+    """``targets`` as the index dtype; a value beyond its range (uint64 ≥ 2**63) becomes an out-of-range class.
+
+    A plain conversion would wrap 2**64 - 1 to -1, which ``ignore_index=-1``
+    would then silently ignore.  The replacement is ``n_classes`` (or
+    ``n_classes + 1`` if that is ``ignore_index``): invalid, so the row raises
+    (or is NaN where nothing can be read).
+    """
+    dtype = index_dtype(xp, device)
+    y = xp.astype(targets, dtype, copy=False)
+    if xp.iinfo(targets.dtype).max > xp.iinfo(dtype).max:
+        too_big = targets > xp.iinfo(dtype).max
+        if read_any(xp, too_big):  # values can be read: name the first
+            _raise_out_of_range(xp, too_big, targets, n_classes)
+        invalid = n_classes if ignore_index != n_classes else n_classes + 1
+        y = xp.where(too_big, xp.asarray(invalid, dtype=dtype, device=device), y)
+    return y
 
 
 def index_dtype(xp, device):
@@ -221,7 +285,7 @@ def check_logits(logits, targets, opts: Options, *, axis, xp=None) -> Checked:
     z = xp.astype(logits, compute_dtype(xp, logits.dtype), copy=False)
     if axis != logits.ndim - 1:
         z = xp.moveaxis(z, axis, -1)
-    y = xp.astype(targets, index_dtype(xp, device), copy=False)
+    y = _index_targets(xp, targets, device, logits.shape[axis], opts.ignore_index)
     opts = check_where(xp, opts, expected)
     return Checked(xp=xp, z=z, y=y, axis=axis, out_dtype=logits.dtype, options=opts, device=device)
 
@@ -285,7 +349,7 @@ def check_linear(hidden, weight, bias, targets, opts: Options, *, memory_budget,
     if tuple(targets.shape) != batch_shape:
         raise ValueError(f"targets shape {tuple(targets.shape)} does not match hidden shape "
                          f"{tuple(hidden.shape)} without its last axis: expected {batch_shape}")
-    compute = compute_dtype(xp, hidden.dtype)
+    compute = compute_dtype(xp, hidden.dtype, "hidden")
     n_rows = 1
     for s in batch_shape:
         n_rows *= s
@@ -297,7 +361,7 @@ def check_linear(hidden, weight, bias, targets, opts: Options, *, memory_budget,
         h=xp.reshape(xp.astype(hidden, compute, copy=False), (n_rows, width)),
         w=xp.astype(weight, compute, copy=False),
         b=None if bias is None else xp.astype(bias, compute, copy=False),
-        y=xp.reshape(xp.astype(targets, index_dtype(xp, device), copy=False), (n_rows,)),
+        y=xp.reshape(_index_targets(xp, targets, device, n_classes, opts.ignore_index), (n_rows,)),
         batch_shape=batch_shape,
         hidden_dtype=hidden.dtype,
         weight_dtype=weight.dtype,
@@ -316,12 +380,14 @@ def bad_rows(xp, y, valid, row_max, n_classes: int, opts: Options):
 
     A counted target outside ``[0, n_classes)``, a counted row whose maximum is
     not finite (all ``-inf``, or holding ``+inf``/NaN), and every row if a
-    traced γ or threshold is outside [0, 1].
+    traced γ or threshold is outside [0, 1] or a traced ε outside [0, 1).
     """
     bad = valid & ((y < 0) | (y >= n_classes) | ~xp.isfinite(row_max))
     for v in (opts.gamma, opts.threshold):
         if not isinstance(v, numbers.Real):  # a 0-d (traced) array
             bad = bad | ~((v >= 0) & (v <= 1))
+    if not isinstance(opts.label_smoothing, numbers.Real):
+        bad = bad | ~((opts.label_smoothing >= 0) & (opts.label_smoothing < 1))
     return bad
 
 
@@ -337,14 +403,18 @@ def raise_bad_rows(xp, y, valid, row_max, n_classes: int) -> None:
     """Raise ``ValueError`` naming the first counted row with an invalid target or no finite maximum."""
     out_of_range = valid & ((y < 0) | (y >= n_classes))
     if bool(xp.any(out_of_range)):
-        idx, val = _first(xp, out_of_range, y)
-        raise ValueError(f"targets: value {val} at index {idx} is out of range [0, {n_classes}) "
-                         "for the number of classes")
+        _raise_out_of_range(xp, out_of_range, y, n_classes)
     no_max = valid & ~xp.isfinite(row_max)
     if bool(xp.any(no_max)):
         idx, val = _first(xp, no_max, row_max)
         raise ValueError(f"logits: the row at index {idx} has maximum {val} "
                          "(a counted row needs a finite maximum: not all -inf, no +inf or NaN)")
+
+
+def _raise_out_of_range(xp, mask, y, n_classes: int):
+    idx, val = _first(xp, mask, y)
+    raise ValueError(f"targets: value {val} at index {idx} is out of range [0, {n_classes}) "
+                     "for the number of classes")
 
 
 def _first(xp, mask, values):

@@ -240,7 +240,7 @@ class FusedLinearGammaCE(torch.autograd.Function):
         w = weight.to(dtype)
         d_hidden = torch.empty_like(hidden)
         d_weight = torch.zeros_like(w)
-        d_bias = None if bias is None else torch.zeros(w.shape[0], dtype=dtype)
+        d_bias = None if bias is None else torch.zeros(w.shape[0], dtype=dtype, device=w.device)
         for s in range(0, hidden.shape[0], ctx.chunk):
             h = hidden[s:s + ctx.chunk].to(dtype)
             _, grad = careful_rows(_logits(h, weight, bias), targets[s:s + ctx.chunk], ctx.gamma)

@@ -214,6 +214,9 @@ def _second_jvp(static, axis, shard, flags, primals, tangents):
 
 
 def _call(fn, arrays, opts, *static_args):
+    for a in arrays:  # JAX without x64 makes NumPy int64 targets int32: refuse a value that would wrap
+        if isinstance(a, np.ndarray) and jax.dtypes.canonicalize_dtype(a.dtype) != a.dtype:
+            _validation.check_narrowing("targets", a, jax.dtypes.canonicalize_dtype(a.dtype))
     # Arrays among the options (a traced γ) become operands of the custom_jvp;
     # the Python numbers stay static (checked by the validator, in double).
     static, operands = opts.split()

@@ -7,10 +7,14 @@ graph over the N×C softmax).  As ``F.cross_entropy``, they ignore the target
 ``None``).  ``GammaCELoss`` / ``TaiLrLoss`` are the
 ``nn.CrossEntropyLoss``-style modules (class axis 1, ``ignore_index=-100``).
 
-By default the core runs compiled with ``torch.compile`` (dynamic shapes:
-one compilation per dtype, number of dimensions and set of options such as
-``reduction`` or ``label_smoothing``); if compiling fails once (no C++
-compiler, ...) it warns and runs eagerly from then on.  ``compiled=False``
+By default the core runs compiled with ``torch.compile``: one compilation
+per dtype, number of dimensions and set of options that shape the graph
+(``reduction``, TaiLr or not, whether ``ignore_index``, ``label_smoothing``
+or ``where`` is given, gradient or value only), each announced at INFO on
+the ``gammace_ref`` logger; γ, b, ε and the ignore index are traced, and
+every batch shape and number of classes reuse the graph.  ``warmup``
+compiles ahead.  If compiling fails once (no C++ compiler, ...) it warns and
+runs eagerly from then on.  ``compiled=False``
 runs it eagerly.  Inside a region the caller compiles
 (``torch.compile(fullgraph=True)``) or batches (``torch.func.vmap``) nothing
 is read back to the host: an invalid target makes its row NaN instead of
@@ -40,9 +44,10 @@ import torch
 
 from .. import _docs, _validation
 from . import _autograd, _linear
+from ._kernel import warmup
 
 
-__all__ = ["GammaCELoss", "TaiLrLoss", "gamma_ce", "linear_gamma_ce", "linear_tailr", "tailr"]
+__all__ = ["GammaCELoss", "TaiLrLoss", "gamma_ce", "linear_gamma_ce", "linear_tailr", "tailr", "warmup"]
 
 
 #: torch's convention (``F.cross_entropy``): -100 is ignored by default.

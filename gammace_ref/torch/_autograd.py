@@ -24,7 +24,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from .. import _api, _validation
-from ._kernel import is_batched, run, xp
+from ._kernel import is_traced, run, xp
 
 _THIRD = ("gammace_ref.torch: third and higher derivatives of the loss are not implemented (the first and "
           "second are exact; a third would differentiate the closed-form Hessian-vector product)")
@@ -37,7 +37,7 @@ def stored_times(stored, g):
     are then the answer, handed over without an N×C multiply (and, once
     released, without a copy).
     """
-    if (g.device.type == "cpu" and not g.requires_grad and not torch.compiler.is_compiling()
+    if (g.device.type == "cpu" and not g.requires_grad and not is_traced(g)
             and not torch._C._functorch.is_functorch_wrapped_tensor(g) and float(g) == 1.0):
         return tuple(stored)
     return tuple(None if t is None else t * g.to(t.dtype) for t in stored)
@@ -110,10 +110,6 @@ def differentiated(t) -> bool:
     return (t.requires_grad and torch.is_grad_enabled()) or fwAD.unpack_dual(t).tangent is not None
 
 
-def _traced(*tensors):
-    return torch.compiler.is_compiling() or any(t is not None and is_batched(t) for t in tensors)
-
-
 def _gamma_part(opts, gamma):
     """γ is an input autograd follows and the loss depends on it (γ-CE: TaiLr's W is a constant)."""
     return gamma is not None and not opts.tailr
@@ -176,7 +172,7 @@ class _Loss(torch.autograd.Function):
         logits = logits.detach()  # (no graph is built here: the eager core may then work in place)
         if _gamma_part(opts, gamma):
             out = _api.second_order(logits, targets, opts, axis=axis, need_dgamma=True, xp=xp,
-                                    traced=_traced(logits, targets))
+                                    traced=is_traced(logits, targets))
             return out.loss, out.grad, out.dgamma
         loss, grad = run(logits, targets, opts, axis, compiled, need_grad=True)
         return loss, grad, loss.new_zeros(())
@@ -288,7 +284,7 @@ class _Hvp(torch.autograd.Function):
         gamma_part = _gamma_part(opts, gamma)
         out = _api.second_order(logits, targets, opts, axis=axis, v=v,
                                 gamma_dot=gamma_dot if gamma_part else None, need_grad=False,
-                                need_dgamma=gamma_part, xp=xp, traced=_traced(logits, targets, v))
+                                need_dgamma=gamma_part, xp=xp, traced=is_traced(logits, targets, v))
         hv = out.hvp if out.hvp is not None else torch.zeros_like(logits)
         dd = out.dgamma_dot if out.dgamma_dot is not None else out.loss.new_zeros(())
         return hv, dd
@@ -311,15 +307,15 @@ class _HvpFwd(_Hvp):
 
 
 def _loss():
-    return _Loss if torch.compiler.is_compiling() else _LossFwd
+    return _Loss if torch.compiler.is_dynamo_compiling() else _LossFwd
 
 
 def _first():
-    return _First if torch.compiler.is_compiling() else _FirstFwd
+    return _First if torch.compiler.is_dynamo_compiling() else _FirstFwd
 
 
 def _hvp():
-    return _Hvp if torch.compiler.is_compiling() else _HvpFwd
+    return _Hvp if torch.compiler.is_dynamo_compiling() else _HvpFwd
 
 
 def _followed(opts, gamma, threshold):
@@ -368,7 +364,7 @@ def options(arguments: dict):
         if isinstance(value, torch.Tensor):
             if value.ndim != 0:
                 raise ValueError(f"{name} must be a scalar or a 0-d array, got shape {tuple(value.shape)}")
-            if torch.compiler.is_compiling():
+            if torch.compiler.is_dynamo_compiling():
                 traced[name], args[name] = value, 0.0
             else:
                 args[name] = value.detach()
