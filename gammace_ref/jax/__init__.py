@@ -382,14 +382,15 @@ def _by_chunks(a, operands, static, what="all"):
     pad = k * cs - n
     valid, _ = _core.targets(jnp, y, a.options, w.shape[0], None)
     chunk = static.replace(reduction="none" if static.reduction == "none" else "sum", ignore_index=None, where=None)
-    gamma, threshold = operands[0], operands[1]
+    # the chunk's operands: the batch's, with the chunk's rows as `where` (ignored rows are uncounted there)
+    chunk_ops = dict(zip(_options.Options.OPERANDS, operands), ignore_index=None)
     grads = what == "all"
 
     @jax.checkpoint
     def body(carry, xs):
         h_c, y_c, m_c = xs
         z = h_c @ w.T if b is None else h_c @ w.T + b
-        ops = (gamma, threshold, m_c)
+        ops = tuple(m_c if name == "where" else chunk_ops[name] for name in _options.Options.OPERANDS)
         if what == "loss":  # (differentiated once for a first derivative: through `_loss`, as the logits path)
             return carry, (_loss(z, y_c, ops, chunk, -1, None), None, None)
         loss_c, g_c, d_c = _first(z, y_c, ops, chunk, -1, None, (grads, True))
