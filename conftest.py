@@ -33,7 +33,8 @@ pytest_plugins = ["gammace_ref.testing.pytest_plugin"]
 
 # Doctest collection imports every module of the package: skip the adapters
 # whose framework is not installed here.
-collect_ignore = [p for m, p in (("torch", "gammace_ref/torch"), ("jax", "gammace_ref/jax"))
+collect_ignore = [p for m, p in (("torch", "gammace_ref/torch"), ("jax", "gammace_ref/jax"),
+                                  ("transformers", "gammace_ref/integrations/hf.py"))
                   if importlib.util.find_spec(m) is None]
 
 # Slow, besides the tests marked @pytest.mark.slow in their files: every test run on one of these
@@ -43,6 +44,9 @@ collect_ignore = [p for m, p in (("torch", "gammace_ref/torch"), ("jax", "gammac
 SLOW_BACKENDS = ("dask", "jax.jit")
 SLOW = (
     "tests/test_torch_distributed.py::*",           # spawns 2 and 4 processes
+    "tests/test_torch_distributed_linear.py::test_vocab_parallel_linear_equals_single_process",  # 2 processes
+    "tests/test_torch_linear.py::test_torch_compile_fullgraph[blocks]",  # compiles the block loop
+    "tests/test_linear_vocab.py::test_random_layers_equal_the_unsplit_path[jax-*",  # eager JAX, op by op
     "tests/test_dask_cluster.py::*",                # starts a dask.distributed LocalCluster
     "tests/test_sharded_jax.py::*",                 # a JAX subprocess with 4 host devices
     "tests/test_accuracy.py::test_regime_battery[*-huge_vocab]",  # C = 100000 against mpmath

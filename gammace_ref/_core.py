@@ -542,3 +542,123 @@ def second_order(xp, z, y, opts: Options, *, v=None, gamma_dot=None, need_grad=T
             dgamma_dot = reduced(dd)
     grad = gradient(xp, e, t, scale, opts, n_classes, plan) if need_grad else None
     return Second(loss, grad, dgamma, hvp, dgamma_dot)
+
+
+# --------------------------------------------------------------------------- blocks of the classes
+# A row whose C logits do not fit at once is taken in blocks of its classes
+# (gammace_ref.linear's vocabulary blocks, or the ranks of a vocabulary-parallel
+# layer): each block gives its :class:`Partial` statistics, :func:`merge`
+# combines them (an online log-sum-exp), :func:`finish` turns the whole row's
+# into :class:`Rows` for :func:`terms`, and :func:`gradient` runs per block
+# again, with a plan (``_execution.block``) that locates the targets in it.
+
+
+class Partial(NamedTuple):
+    """Row statistics over some of the classes (one block, or the blocks seen so far), shape ``(..., 1)``.
+
+    ``top`` is their raw maximum: ``-inf`` where all are ``-inf``, and ``+inf``
+    or NaN kept (the row stays poisoned through every merge); ``R``, ``z_y``
+    (0 unless the target is among these classes) and ``smooth`` (``None``
+    without label smoothing) are those of :class:`Rows`, taken relative to
+    ``top`` (to 0 where ``top`` is not finite).
+    """
+
+    top: Any
+    R: Any
+    z_y: Any
+    smooth: Any
+
+
+def block(xp, z, plan, smoothing: bool, top=None) -> Partial:
+    """The :class:`Partial` of one block ``z`` of the classes (``plan`` has located the targets in it).
+
+    ``top``: the block's row maximum, if the caller has it already.
+    """
+    if top is None:
+        top = xp.max(z, axis=-1, keepdims=True)
+    ok = xp.isfinite(top)
+    rows, _ = statistics(xp, z, xp.where(ok, top, 0.0), ok, plan, smoothing)
+    return Partial(top, rows.R, rows.z_y, rows.smooth)
+
+
+def rebase(xp, p: Partial, top, n: int):
+    """``(R, z_y, smooth)`` of ``p`` (over ``n`` classes) taken relative to a row maximum ``top ≥ p.top``.
+
+    ``R·exp(p.top - top)`` and ``smooth + n·(top - p.top)``: products and sums of
+    non-negative terms, relatively exact.  Where ``p`` or ``top`` is not finite
+    ``R`` is 0 (no ``inf·0``); ``smooth`` is then ``inf`` (a ``-inf`` logit) or
+    poisoned with the row.
+    """
+    ok = xp.isfinite(p.top) & xp.isfinite(top)
+    m = xp.where(xp.isfinite(top), top, 0.0)
+    mp = xp.where(xp.isfinite(p.top), p.top, 0.0)
+    R = xp.where(ok, p.R, 0.0) * xp.exp(xp.where(ok, mp - m, -math.inf))
+    smooth = None if p.smooth is None else p.smooth + n * xp.where(ok, m - mp, 0.0)
+    return R, p.z_y, smooth
+
+
+def merge(xp, a: Partial, b: Partial, n_a, n_b) -> Partial:
+    """The :class:`Partial` of two disjoint sets of classes (``n_a`` and ``n_b`` of them): online log-sum-exp.
+
+    The target is in one of them at most, so ``z_y`` is a sum with an exact 0.
+    """
+    top = xp.maximum(a.top, b.top)
+    ra, rb = rebase(xp, a, top, n_a), rebase(xp, b, top, n_b)
+    return Partial(top, *(None if u is None else u + v for u, v in zip(ra, rb)))
+
+
+def empty(xp, shape, dtype, device, smoothing: bool) -> Partial:
+    """The :class:`Partial` of no classes (``top = -inf``): the neutral start of :func:`merge`."""
+    zero = xp.zeros(shape, dtype=dtype, device=device)
+    return Partial(xp.full(shape, -math.inf, dtype=dtype, device=device), zero, zero, zero if smoothing else None)
+
+
+def finish(xp, p: Partial) -> Rows:
+    """:class:`Rows` of a whole row from the :class:`Partial` over all its classes."""
+    ok = xp.isfinite(p.top)
+    return Rows(xp.where(ok, p.top, 0.0), p.R, p.z_y, p.smooth, ok)
+
+
+# --------------------------------------------------------------------------- statistics for logging
+
+
+class Stats(NamedTuple):
+    """Sums over the counted targets of a batch, for logging (0-d arrays, never differentiated).
+
+    ``count`` counted targets; ``nll`` the sum of ``-log p`` (the cross-entropy,
+    comparable across γ); ``weight`` the sum of the weight the gradient gets
+    (``w = p/(γ + (1-γ)p)``, or TaiLr's ``clip(w, b, 1)``); ``clipped`` the
+    number of targets whose ``w`` is below TaiLr's ``b`` (0 for γ-CE).  Sums
+    add across chunks, micro-batches and ranks; :meth:`means` divides.
+    """
+
+    count: Any
+    nll: Any
+    weight: Any
+    clipped: Any
+
+    def means(self) -> dict:
+        """``{"nll", "weight", "clipped"}``: the mean NLL, mean weight, fraction clipped (Python floats; 0 if nothing counted)."""
+        n = max(float(self.count), 1.0)
+        return {"nll": float(self.nll) / n, "weight": float(self.weight) / n, "clipped": float(self.clipped) / n}
+
+    def __add__(self, other):  # noqa: D105 -- sums of two batches (not tuple concatenation)
+        return Stats(*(u + v for u, v in zip(self, other)))
+
+
+def stats(xp, rows: Rows, valid, bad, opts: Options, device) -> Stats:
+    """:class:`Stats` of the rows counted in ``valid`` (shape ``(...,)``), from their statistics.
+
+    NaN where a counted row is ``bad`` (made NaN by the core), as the loss is.
+    """
+    d = xp.where(rows.ok, rows.z_y - rows.m, 0.0)
+    log_s = xp.log1p(rows.R + xp.expm1(d))
+    s = rows.R + xp.exp(d)
+    _, w = gamma_terms(xp, d - log_s, rows.R / s, opts.gamma, device)
+    k, clipped = w, xp.zeros_like(w)
+    if opts.tailr:
+        k = xp.clip(w, opts.threshold, 1.0)
+        clipped = xp.astype(w < opts.threshold, w.dtype)
+    v, poison = valid[..., None], xp.any(bad)
+    total = [xp.sum(xp.where(v, a, 0.0)) for a in (xp.astype(v, w.dtype), log_s - d, k, clipped)]
+    return Stats(*(xp.where(poison, xp.nan, a) for a in total))

@@ -203,3 +203,17 @@ class Sharded(Masked):
 
     def target_logit(self, z):
         return self.xp.where(self.here, super().target_logit(z), 0.0)
+
+
+def _local(a):
+    return a
+
+
+def block(xp, device, *, offset, n_classes):
+    """The plan of one block ``[offset, offset + C_block)`` of ``n_classes`` classes, in this process.
+
+    A :class:`Sharded` plan whose reductions stay local: the block's
+    statistics are combined by :func:`gammace_ref._core.merge` instead.
+    ``offset`` may be a 0-d array (a block index under a tracing loop).
+    """
+    return Sharded(xp, device, offset=offset, n_classes=n_classes, max=_local, sum=_local)

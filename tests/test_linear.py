@@ -17,6 +17,10 @@ import gammace_ref as G
 from gammace_ref import _validation, linear
 from gammace_ref.testing import metrics, reference
 
+# torch.compile (the torch adapter's compiled chunks) warns about its own internals on first use.
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")]
+
 RNG = np.random.default_rng(11)
 N, C, H = 7, 11, 5
 HIDDEN = RNG.normal(0.0, 1.0, size=(N, H))
@@ -284,7 +288,7 @@ def test_torch_adapter_backward_matches_the_core(reduction):
         _, h, w, b = _torch_params(dtype)
         y = torch.from_numpy(IGNORED)
         kw = dict(bias=b, reduction=reduction, ignore_index=-100, label_smoothing=0.1, chunk_size=3)
-        loss = GT.linear_tailr(h, w, y, 0.3, 0.2, **kw)
+        loss = GT.linear_tailr(h, w, y, 0.3, 0.2, compiled=False, **kw)  # compiled: test_torch_linear.py
         ct = torch.linspace(0.5, 2.0, N, dtype=dtype) if reduction == "none" else torch.tensor(1.5, dtype=dtype)
         (loss * ct).sum().backward()
         ref = linear.tailr_value_and_grad(HIDDEN, WEIGHT, IGNORED, 0.3, 0.2, **dict(kw, bias=BIAS))
@@ -308,7 +312,7 @@ def test_torch_adapter_gradcheck(reduction):
     import gammace_ref.torch as GT
 
     y = torch.from_numpy(IGNORED)
-    f = lambda h, w, b: GT.linear_gamma_ce(h, w, y, 0.3, bias=b, reduction=reduction,
+    f = lambda h, w, b: GT.linear_gamma_ce(h, w, y, 0.3, bias=b, reduction=reduction, compiled=False,
                                            ignore_index=-100, label_smoothing=0.1, chunk_size=2)
     assert torch.autograd.gradcheck(f, (h, w, b))
 
@@ -318,16 +322,16 @@ def test_torch_adapter_without_grad_and_errors():
     import gammace_ref.torch as GT
 
     h, w, y = torch.from_numpy(HIDDEN), torch.from_numpy(WEIGHT), torch.from_numpy(TARGETS)
-    loss = GT.linear_gamma_ce(h, w, y, 0.2, chunk_size=3)
+    loss = GT.linear_gamma_ce(h, w, y, 0.2, chunk_size=3, compiled=False)
     assert not loss.requires_grad
     assert float(loss) == pytest.approx(float(linear.gamma_ce(HIDDEN, WEIGHT, TARGETS, 0.2)), rel=1e-14)
     w2 = w.clone().requires_grad_()
-    GT.linear_gamma_ce(h, w2, y, 0.2).backward()  # only the weight tracked
+    GT.linear_gamma_ce(h, w2, y, 0.2, compiled=False).backward()  # only the weight tracked
     assert w2.grad is not None and h.grad is None
     with pytest.raises(TypeError, match="hidden must be a torch.Tensor, got numpy.ndarray"):
         GT.linear_gamma_ce(HIDDEN, w, y, 0.2)
     with pytest.raises(ValueError, match="targets: value 11"):
-        GT.linear_gamma_ce(h, w2, torch.full((N,), 11), 0.2)
+        GT.linear_gamma_ce(h, w2, torch.full((N,), 11), 0.2, compiled=False)
 
 
 # --- JAX adapter ------------------------------------------------------------

@@ -156,6 +156,12 @@ def test_maml_through_the_hidden_states_path_raises(torch):
                                    create_graph=True)
         with pytest.raises(NotImplementedError, match="hidden-states"):
             torch.autograd.grad((g * g).sum(), w)  # a gradient penalty
+    # torch.func: first order works, forward mode over it raises
+    first = torch.func.grad(lambda w: GT.linear_gamma_ce(x, w, y, 0.3))(w.detach())
+    assert torch.allclose(first, exact, rtol=1e-13, atol=0)
+    with pytest.raises(NotImplementedError, match="jvp"):  # (torch's own message: _Linear has no forward mode)
+        torch.func.jvp(torch.func.grad(lambda w: GT.linear_gamma_ce(x, w, y, 0.3)), (w.detach(),),
+                       (torch.ones_like(w),))
 
 
 # --------------------------------------------------------------------------- JAX hidden states

@@ -123,26 +123,35 @@ def _no_followed_options(*values):
                                   "get none); use the logits functions, which give the exact dL/dγ")
 
 
-@_docs.shared("loss", ignore_index=_IGNORE)
+_STATS = ("bool", "Also return the batch's ``gammace_ref.stats.Stats`` (detached sums: counted targets, -log p, "
+                  "gradient weight, targets clipped at b): ``(loss, stats)``.")
+
+
+@_docs.shared("loss", ignore_index=_IGNORE, return_stats=_STATS)
 def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mean", ignore_index=-100,
-                    label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
+                    label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None, compiled=True,
+                    return_stats=False):
     """γ-CE of ``F.linear(hidden, weight, bias)`` as a differentiable op, without materialising the logits.
 
     Gradients flow to ``hidden``, ``weight`` and ``bias``; see
-    :mod:`gammace_ref.linear` (the core runs eagerly, chunk by chunk).  Second
-    derivatives and a γ (or threshold) tensor that requires grad raise
+    :mod:`gammace_ref.linear` (chunk by chunk over the tokens, and over the
+    vocabulary when a row does not fit ``memory_budget``).  Under
+    ``torch.autocast`` the logits product runs in the autocast dtype and the
+    core, the gradient products and the sums in float32.  Second derivatives
+    and a γ (or threshold) tensor that requires grad raise
     ``NotImplementedError``: the logits functions have them, exact.
     """
     opts = _autograd.options(locals())
     _no_followed_options(gamma)
-    return _linear.run(hidden, weight, bias, targets, opts, memory_budget, chunk_size)
+    return _linear.run(hidden, weight, bias, targets, opts, memory_budget, chunk_size, compiled, return_stats)
 
 
-@_docs.shared("loss", ignore_index=_IGNORE)
+@_docs.shared("loss", ignore_index=_IGNORE, return_stats=_STATS)
 def linear_tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduction="mean", ignore_index=-100,
-                 label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None):
+                 label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None, compiled=True,
+                 return_stats=False):
     """TaiLr objective of ``F.linear(hidden, weight, bias)`` with the paper's gradient, chunk by chunk.
     """
     opts = _autograd.options(locals())
     _no_followed_options(gamma, threshold)
-    return _linear.run(hidden, weight, bias, targets, opts, memory_budget, chunk_size)
+    return _linear.run(hidden, weight, bias, targets, opts, memory_budget, chunk_size, compiled, return_stats)

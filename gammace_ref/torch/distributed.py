@@ -12,6 +12,18 @@ same on every rank.  Every rank returns the same loss and its own slice of
 the gradient, which ``backward()`` hands to autograd.
 
 >>> loss = gamma_ce(local_logits, targets, 0.1, offset=rank * C_local, n_classes=C)  # doctest: +SKIP
+
+From hidden states (:func:`linear_gamma_ce`, :func:`linear_tailr`): each rank
+holds its slice of the ``lm_head`` weight (and bias), ``(C_local, H)``, and the
+same hidden states; the logits are never materialised, not even the local
+slice (:mod:`gammace_ref.linear`'s token and vocabulary blocks run on the
+slice).  Per chunk of tokens the row statistics cross the ranks as above (an
+all-reduce MAX and one SUM of O(rows) values); the gradient with respect to
+``hidden`` is each rank's share, summed by one all-reduce of ``N × H`` values
+(the all-reduce every vocabulary-parallel ``lm_head``'s backward does); the
+``weight`` and ``bias`` gradients stay on their rank.
+
+>>> loss = linear_gamma_ce(hidden, local_weight, targets, 0.1, offset=rank * C_local, n_classes=C)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,22 +31,24 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .. import _api, _core, _execution, _validation
+from .. import _api, _core, _docs, _execution, _validation, linear
+from . import _linear
+from ._kernel import check_tensors
 from ._kernel import xp as _xp
 
-__all__ = ["gamma_ce", "tailr"]
+__all__ = ["gamma_ce", "linear_gamma_ce", "linear_tailr", "tailr"]
+
+
+def _all_reduce(a, op, group):
+    a = a.contiguous().clone()
+    dist.all_reduce(a, op=op, group=group)
+    return a
 
 
 def _plan(offset, n_classes, group, device):
-    def reduce(op):
-        def f(a):
-            a = a.contiguous().clone()
-            dist.all_reduce(a, op=op, group=group)
-            return a
-        return f
-
-    return _execution.Sharded(_xp, device, offset=offset, n_classes=n_classes, max=reduce(dist.ReduceOp.MAX),
-                              sum=reduce(dist.ReduceOp.SUM))
+    return _execution.Sharded(_xp, device, offset=offset, n_classes=n_classes,
+                              max=lambda a: _all_reduce(a, dist.ReduceOp.MAX, group),
+                              sum=lambda a: _all_reduce(a, dist.ReduceOp.SUM, group))
 
 
 class _VocabParallel(torch.autograd.Function):
@@ -70,3 +84,57 @@ def tailr(logits, targets, gamma, threshold, *, offset, n_classes, reduction="me
     """TaiLr (weight ``clip(w, b, 1)``, computed once per row) from this rank's slice of the classes."""
     opts = _validation.options_of(locals())
     return _VocabParallel.apply(logits, targets, opts, offset, n_classes, group)
+
+
+# --------------------------------------------------------------------------- from hidden states
+
+
+def _shard(offset, n_classes, n_local, group) -> linear.Shard:
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or not 0 <= offset <= n_classes - n_local:
+        raise ValueError(f"offset {offset} and n_classes {n_classes} do not hold a slice of {n_local} classes "
+                         "(the rows of weight)")
+
+    def combine(part, n):
+        # A NaN maximum becomes +inf before the MAX (whatever order the ranks compare in): still poisoned.
+        top = _all_reduce(torch.where(torch.isnan(part.top), torch.inf, part.top), dist.ReduceOp.MAX, group)
+        sums = [u for u in _core.rebase(_xp, part, top, n) if u is not None]
+        total = _all_reduce(torch.cat(sums, dim=-1), dist.ReduceOp.SUM, group)
+        return _core.Partial(top, total[..., 0:1], total[..., 1:2], total[..., 2:3] if len(sums) == 3 else None)
+
+    return linear.Shard(offset, n_classes, combine, lambda dh: _all_reduce(dh, dist.ReduceOp.SUM, group))
+
+
+_RANK = dict(weight=("tensor, shape (C_local, H)", "This rank's rows ``[offset, offset + C_local)`` of the lm_head "
+                                                   "weight."),
+             bias=("tensor, shape (C_local,), or None", "This rank's slice of the bias."),
+             offset=("int", "The first class of this rank's slice."),
+             n_classes=("int", "C, the classes of all the ranks."),
+             group=("ProcessGroup or None", "The ranks that share the vocabulary (default: all)."))
+
+
+@_docs.shared("loss", **_RANK)
+def linear_gamma_ce(hidden, weight, targets, gamma, *, offset, n_classes, bias=None, reduction="mean",
+                    ignore_index=None, label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None,
+                    group=None, compiled=True):
+    """γ-CE of the full vocabulary from hidden states and this rank's slice of the lm_head (vocabulary-parallel).
+
+    Every rank passes the same ``hidden`` and ``targets`` (global class
+    indices) and returns the same loss; ``backward()`` gives ``hidden`` the
+    full gradient and ``weight``/``bias`` this rank's slice of theirs.
+    """
+    opts = _validation.options_of(locals())
+    check_tensors([("weight", weight)])
+    return _linear.run(hidden, weight, bias, targets, opts, memory_budget, chunk_size, compiled,
+                       shard=_shard(offset, n_classes, weight.shape[0], group))
+
+
+@_docs.shared("loss", **_RANK)
+def linear_tailr(hidden, weight, targets, gamma, threshold, *, offset, n_classes, bias=None, reduction="mean",
+                 ignore_index=None, label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None,
+                 group=None, compiled=True):
+    """TaiLr (weight ``clip(w, b, 1)``, once per row) from hidden states and this rank's slice of the lm_head.
+    """
+    opts = _validation.options_of(locals())
+    check_tensors([("weight", weight)])
+    return _linear.run(hidden, weight, bias, targets, opts, memory_budget, chunk_size, compiled,
+                       shard=_shard(offset, n_classes, weight.shape[0], group))
