@@ -160,6 +160,15 @@ def test_torch_linear_refuses_a_followed_gamma(torch):
     h, w, y = torch.randn(4, 3), torch.randn(5, 3, requires_grad=True), torch.tensor([0, 1, 2, 3])
     with pytest.raises(NotImplementedError, match="gradients with respect to gamma or threshold"):
         GT.linear_gamma_ce(h, w, y, torch.tensor(0.3, requires_grad=True))
+    # the vocabulary-parallel functions too (refused before any collective: no process group needed)
+    import gammace_ref.torch.distributed as GTD
+
+    followed = torch.tensor(0.3, requires_grad=True)
+    for call in (lambda: GTD.gamma_ce(h @ w.T, y, followed, offset=0, n_classes=5),
+                 lambda: GTD.tailr(h @ w.T, y, 0.3, followed, offset=0, n_classes=5),
+                 lambda: GTD.linear_gamma_ce(h, w, y, followed, offset=0, n_classes=5)):
+        with pytest.raises(NotImplementedError, match="gradients with respect to gamma or threshold"):
+            call()
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])

@@ -155,6 +155,12 @@ def test_functional_default_ignore_index_is_cross_entropys():
         G.tailr(Z, Y_IGN, 0.3, 0.2, ignore_index=-100), rel=1e-14)
     with pytest.raises(ValueError, match="out of range"):
         GT.gamma_ce(torch.tensor(Z), y, 0.0, ignore_index=None)
+    import inspect
+
+    import gammace_ref.torch.distributed as GTD
+
+    for fn in (GT.linear_gamma_ce, GT.linear_tailr, GTD.gamma_ce, GTD.tailr, GTD.linear_gamma_ce, GTD.linear_tailr):
+        assert inspect.signature(fn).parameters["ignore_index"].default == -100, fn
 
 
 # --- torch.compile and torch.func --------------------------------------------

@@ -50,11 +50,7 @@ from ._kernel import warmup
 __all__ = ["GammaCELoss", "TaiLrLoss", "gamma_ce", "linear_gamma_ce", "linear_tailr", "tailr", "warmup"]
 
 
-#: torch's convention (``F.cross_entropy``): -100 is ignored by default.
-_IGNORE = ("int or None, default -100",
-           "Targets equal to it count for nothing: no loss, no gradient, not in the mean's denominator. The "
-           "default is ``F.cross_entropy``'s -100 (the core's functions default to ``None``: every target "
-           "counts, and a negative target is an error).")
+_IGNORE = _autograd.IGNORE_DOC
 
 
 @_docs.shared("loss", ignore_index=_IGNORE)
@@ -116,13 +112,6 @@ class TaiLrLoss(GammaCELoss):
 # --------------------------------------------------------------------------- from hidden states
 
 
-def _no_followed_options(*values):
-    if any(_autograd.differentiated(v) for v in values):
-        raise NotImplementedError("gammace_ref.torch.linear_*: gradients with respect to gamma or threshold are "
-                                  "not implemented on the hidden-states path (a tensor that requires grad would "
-                                  "get none); use the logits functions, which give the exact dL/dγ")
-
-
 _STATS = ("bool", "Also return the batch's ``gammace_ref.stats.Stats`` (detached sums: counted targets, -log p, "
                   "gradient weight, targets clipped at b): ``(loss, stats)``.")
 
@@ -142,7 +131,7 @@ def linear_gamma_ce(hidden, weight, targets, gamma, *, bias=None, reduction="mea
     ``NotImplementedError``: the logits functions have them, exact.
     """
     opts = _autograd.options(locals())
-    _no_followed_options(gamma)
+    _autograd.no_followed_options("gammace_ref.torch.linear_*", gamma)
     return _linear.run(hidden, weight, bias, targets, opts, memory_budget, chunk_size, compiled, return_stats)
 
 
@@ -153,5 +142,5 @@ def linear_tailr(hidden, weight, targets, gamma, threshold, *, bias=None, reduct
     """TaiLr objective of ``F.linear(hidden, weight, bias)`` with the paper's gradient, chunk by chunk.
     """
     opts = _autograd.options(locals())
-    _no_followed_options(gamma, threshold)
+    _autograd.no_followed_options("gammace_ref.torch.linear_*", gamma, threshold)
     return _linear.run(hidden, weight, bias, targets, opts, memory_budget, chunk_size, compiled, return_stats)

@@ -30,6 +30,13 @@ _THIRD = ("gammace_ref.torch: third and higher derivatives of the loss are not i
           "second are exact; a third would differentiate the closed-form Hessian-vector product)")
 
 
+#: torch's convention (``F.cross_entropy``): -100 is ignored by default.
+IGNORE_DOC = ("int or None",
+              "Targets equal to it count for nothing: no loss, no gradient, not in the mean's denominator. The "
+              "default is ``F.cross_entropy``'s -100 (the core's functions default to ``None``: every target "
+              "counts, and a negative target is an error).")
+
+
 def stored_times(stored, g):
     """The stored gradients scaled by the upstream scalar ``g`` (``None`` entries stay ``None``).
 
@@ -101,6 +108,14 @@ def first_order_only(message, inputs):
         wrapper.__name__, wrapper.__doc__ = backward.__name__, backward.__doc__
         return wrapper
     return decorate
+
+
+def no_followed_options(what, *values):
+    """Raise ``NotImplementedError`` where a γ/threshold tensor is followed by autograd but ``what`` gives it no gradient."""
+    if any(differentiated(v) for v in values):
+        raise NotImplementedError(f"{what}: gradients with respect to gamma or threshold are not implemented here "
+                                  "(a tensor that requires grad would get none); use gammace_ref.torch.gamma_ce / "
+                                  "tailr on logits, which give the exact dL/dγ")
 
 
 def differentiated(t) -> bool:
