@@ -584,7 +584,8 @@ def block(xp, z, plan, smoothing: bool, top=None) -> Partial:
 def rebase(xp, p: Partial, top, n: int):
     """``(R, z_y, smooth)`` of ``p`` (over ``n`` classes) taken relative to a row maximum ``top ≥ p.top``.
 
-    ``R·exp(p.top - top)`` and ``smooth + n·(top - p.top)``: products and sums of
+    ``R·exp(p.top - top)`` and ``smooth + a·n·(top - p.top)`` (``a = SMOOTH_SCALE``,
+    as :func:`statistics` scales ``smooth``): products and sums of
     non-negative terms, relatively exact.  Where ``p`` or ``top`` is not finite
     ``R`` is 0 (no ``inf·0``); ``smooth`` is then ``inf`` (a ``-inf`` logit) or
     poisoned with the row.
@@ -593,7 +594,7 @@ def rebase(xp, p: Partial, top, n: int):
     m = xp.where(xp.isfinite(top), top, 0.0)
     mp = xp.where(xp.isfinite(p.top), p.top, 0.0)
     R = xp.where(ok, p.R, 0.0) * xp.exp(xp.where(ok, mp - m, -math.inf))
-    smooth = None if p.smooth is None else p.smooth + n * xp.where(ok, m - mp, 0.0)
+    smooth = None if p.smooth is None else p.smooth + n * xp.where(ok, SMOOTH_SCALE * (m - mp), 0.0)
     return R, p.z_y, smooth
 
 

@@ -344,7 +344,7 @@ def fused(a: _validation.CheckedLinear, *, need_grad: bool, cotangent=None, scan
     if cotangent is not None:
         cotangent = xp.reshape(xp.astype(cotangent, dtype), (n,))
     chunk_opts = opts.replace(reduction="none" if opts.reduction == "none" else "sum")
-    smoothing = bool(opts.label_smoothing)
+    smoothing = _core.smoothing_on(opts)
 
     def logits(h_c, w_k, b_k):
         z = xp.matmul(h_c, w_k.T)

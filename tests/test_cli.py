@@ -31,7 +31,7 @@ def _plain(*argv, cwd=None):
 
 
 def test_help_and_version_need_no_extra():
-    for argv in (["--help"], *([c, "--help"] for c in _cli.EXTRA)):
+    for argv in (["--help"], *([*c.split(), "--help"] for c in _cli.EXTRA)):
         r = _plain(*argv)
         assert r.returncode == 0 and "usage: gammace-ref" in r.stdout and not r.stderr, (argv, r.stderr)
     r = _plain("--version")
@@ -41,12 +41,14 @@ def test_help_and_version_need_no_extra():
 @pytest.mark.parametrize("command", list(_cli.EXTRA))
 def test_each_command_names_its_extra_when_it_is_missing(tmp_path, command):
     argv = {"vectors": ["vectors", "--out", str(tmp_path / "v")], "check": ["check", "mod:fn"],
-            "demo": ["demo", "--out", str(tmp_path / "d")]}.get(command, [command])
+            "demo": ["demo", "--out", str(tmp_path / "d")],
+            "demo lm": ["demo", "lm", "--out", str(tmp_path / "d")]}.get(command, [command])
     r = _plain(*argv, cwd=tmp_path)
-    extra = _cli.EXTRA[command]
+    # the LM demo imports torch first: a backend's library, named with the backend's extra
+    missing, extra = ("torch", "torch") if command == "demo lm" else ("numpy", _cli.EXTRA[command])
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
-        f"gammace-ref {command} needs numpy, which is not installed: install the {extra} extra, "
+        f"gammace-ref {command} needs {missing}, which is not installed: install the {extra} extra, "
         f'python -m pip install "gammace_ref[{extra}]"']
     assert not (tmp_path / "v").exists() and not (tmp_path / "d").exists()
 
@@ -63,8 +65,8 @@ def test_the_backend_names_are_the_backends():
 
 def test_every_command_has_a_description_its_defaults_and_its_exit_status():
     parser = _cli.build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) >= set(_cli.EXTRA)
+    commands = _cli._subcommands(parser)  # nested ones too: "demo lm"
+    assert set(commands) == set(_cli.EXTRA) == set(_cli.DESCRIPTION) >= set(_cli.EXIT_STATUS)  # check: its epilog
     for name, command in commands.items():
         text = command.format_help()
         assert command.description and len(command.description) > 40, name
