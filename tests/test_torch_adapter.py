@@ -131,6 +131,22 @@ def test_tailr_with_zero_threshold_has_the_gamma_ce_gradient(gamma):
     np.testing.assert_allclose(g2, g1, rtol=4e-16, atol=0)
 
 
+def test_inside_vmap_levels_the_compiled_default_runs_eagerly_without_turning_compilation_off():
+    # torch.func.hessian / jacfwd call the loss on unbatched logits inside a vmap level, where Dynamo refuses
+    # to compile: those calls run the core eagerly (no RuntimeWarning, compilation stays on for the rest)
+    z = torch.tensor([[0.3, -1.2, 2.0, 0.7]], dtype=torch.float64)
+    f = lambda z: GT.gamma_ce(z, torch.tensor([1]), 0.3, reduction="sum")  # noqa: E731 -- compiled=True
+    H = torch.func.hessian(f)(z)
+    J = torch.func.jacfwd(f)(z)
+    per_target = torch.func.vmap(lambda y: GT.gamma_ce(z, y, 0.3, reduction="sum"))(torch.tensor([[1], [2]]))
+    np.testing.assert_allclose(J.numpy(), G.gamma_ce_grad(z.numpy(), np.array([1]), 0.3, reduction="sum"),
+                               rtol=1e-15)
+    np.testing.assert_allclose(H.reshape(4, 4).numpy() @ np.ones(4), np.zeros(4), atol=1e-16)  # shift invariance
+    np.testing.assert_allclose(per_target.numpy(), [G.gamma_ce(z.numpy(), np.array([t]), 0.3, reduction="sum")
+                                                    for t in (1, 2)], rtol=1e-15)
+    assert not _kernel._compile_error
+
+
 def test_double_backward_and_forward_mode_are_exact():
     # (tests/test_second_order.py checks them in every regime; here: they run and agree with the core)
     y = torch.tensor(Y)
