@@ -96,7 +96,7 @@ def test_each_compilation_is_announced_once_at_info_with_what_and_why(monkeypatc
             GT.gamma_ce(z3.clone().requires_grad_(), y3, 0.1, axis=1, ignore_index=-100).backward()  # train
             with torch.no_grad():
                 GT.gamma_ce(z3, y3, 0.1, axis=1, ignore_index=-100)  # eval
-            GT.tailr(z3, y3, 0.1, 0.2, axis=1, reduction="sum", label_smoothing=0.1)
+            GT.tailr(z3, y3, 0.1, 0.2, axis=1, reduction="sum", label_smoothing=0.1, ignore_index=None)
     messages = [r.getMessage() for r in caplog.records if r.name == "gammace_ref"]
     assert len(messages) == 3 and all(m.startswith("gammace_ref.torch: compiling the core") for m in messages)
     assert "float32 logits with 3 dimension(s) on cpu, value and gradient, reduction='mean', γ-CE" in messages[0]
