@@ -249,11 +249,14 @@ def _check(args) -> int:
                       timeout=args.timeout or None, static_gamma=True if args.static_gamma else None,
                       cases=tuple(args.cases) if args.cases else None)
         if args.linear:
+            if args.order != 1 or args.hvp:
+                raise _Usage("--order 2 and --hvp go with a logits candidate, not --linear")
             report = oracle_linear.check_linear_implementation(candidate, bias=args.bias, large=args.large, **kwargs)
         else:
             if args.bias or args.large:
                 raise _Usage("--bias and --large go with --linear")
-            report = oracle.check_implementation(candidate, **kwargs)
+            hvp = _load(args.hvp, "--hvp") if args.hvp else None
+            report = oracle.check_implementation(candidate, order=args.order, hvp=hvp, **kwargs)
     except _Usage as exc:
         print(f"gammace-ref check: {exc}", file=sys.stderr)
         return 2
@@ -306,6 +309,12 @@ def _add_check(sub, backends):
     chk.add_argument("--profile", default="reference", choices=["reference", "kernel"],
                      help="reference: every gradient component to the tolerance; kernel: per-row norm-wise "
                           "(what a float32-compute kernel can promise); default: %(default)s")
+    chk.add_argument("--order", type=int, default=1, choices=[1, 2],
+                     help="2: also judge Hessian-vector products (torch double backward, jax.jvp of the "
+                          "gradient, or --hvp); default: %(default)s")
+    chk.add_argument("--hvp", help="MODULE:FUNCTION giving the Hessian-vector product, called like the candidate "
+                                   "with the direction v after γ (and b) (with --order 2 where the backend has "
+                                   "no autodiff)")
     chk.add_argument("--cases", nargs="+", help="only these cases of the battery, by name (default: all)")
     chk.add_argument("--bias", action="store_true", help="with --linear: pass bias=... and check its gradient")
     chk.add_argument("--large", action="store_true", help="with --linear: add the C = 128257 case (slow)")

@@ -319,6 +319,16 @@ def compute(xp, z, y, opts: Options, *, need_grad: bool, plan):
     (:func:`explain`).
     """
     n_classes = plan.n_classes(z.shape[-1])
+    _, bad, _, e, t, loss, scale = _prepared(xp, z, y, opts, plan)
+    if not need_grad:
+        return loss, None, bad
+    return loss, gradient(xp, e, t, scale, opts, n_classes, plan), bad
+
+
+def _prepared(xp, z, y, opts: Options, plan):
+    """The steps before the gradient: ``(valid, bad, rows, e, terms, loss, scale)`` (for :func:`compute` and
+    :func:`second_order`)."""
+    n_classes = plan.n_classes(z.shape[-1])
     valid, y_safe = targets(xp, y, opts, n_classes, plan.device)
     m = plan.row_max(xp.max(z, axis=-1, keepdims=True))
     bad = _validation.bad_rows(xp, y, valid, m[..., 0], n_classes, opts)
@@ -333,9 +343,7 @@ def compute(xp, z, y, opts: Options, *, need_grad: bool, plan):
     rows, e = statistics(xp, z, xp.where(ok, m, xp.nan), ok, plan, smoothing_on(opts))
     t = terms(xp, rows, opts, n_classes, plan.device)
     loss, scale = reduce(xp, t.loss, valid, bad, opts, z.dtype)
-    if not need_grad:
-        return loss, None, bad
-    return loss, gradient(xp, e, t, scale, opts, n_classes, plan), bad
+    return valid, bad, rows, e, t, loss, scale
 
 
 def explain(xp, z, y, opts: Options, plan) -> None:
@@ -344,6 +352,196 @@ def explain(xp, z, y, opts: Options, plan) -> None:
     valid, _ = targets(xp, y, opts, n_classes, plan.device)
     m = plan.row_max(xp.max(z, axis=-1, keepdims=True))
     _validation.raise_bad_rows(xp, y, valid, m[..., 0], n_classes)
+
+
+# --------------------------------------------------------------------------- second order and dL/dγ
+#
+# With s = softmax, e = onehot, u = γ + c·p = 1 - x (c = 1 - γ, x = c·q), the
+# row loss L = -log(u)/c has
+#
+#   ∇L = w (s - e),   ∇²L = w (diag s - s sᵀ) - w·a (s - e)(s - e)ᵀ,   a = 1 - c·w = γ/u,
+#
+# (TaiLr holds W = clip(w, b, 1) constant: ∇²L = W (diag s - s sᵀ); label
+# smoothing ε scales the main term by 1 - ε and adds ε (diag s - s sᵀ)), and in γ
+#
+#   ∂w/∂γ = -p·q/u²,   ∂L/∂γ = -(r + log u)/c²,   ∂²L/∂γ² = (r² - 2r - 2 log u)/c³,   r = x/u,
+#
+# whose numerators cancel for small x: there they are the power series
+# ∂L/∂γ = -q² Σ_k (k+1)/(k+2) x^k and ∂²L/∂γ² = q³ Σ_k (k+1)(k+2)/(k+3) x^k,
+# which are also the limits at γ = 1 (x = 0).  A Hessian-vector product
+# needs only t = (s - e)ᵀv = Σ_{j≠y} s_j (v_j - v_y) per row: O(N·C), no C×C.
+
+#: Below this x = (1-γ)(1-p) the γ-derivatives take their power series (error < eps).
+SERIES_X = 0.25
+_S1 = tuple((k + 1) / (k + 2) for k in range(34))
+_S2 = tuple((k + 1) * (k + 2) / (k + 3) for k in range(34))
+
+
+def _horner(x, coefs):
+    acc = x * coefs[-1] + coefs[-2]
+    for c in reversed(coefs[:-2]):
+        acc = acc * x + c
+    return acc
+
+
+def _exp(xp, arg, log_max):
+    """``exp(arg)``, ``inf`` above ``log_max`` (the dtype's overflow), without an overflow warning."""
+    return xp.where(arg > log_max, xp.inf, xp.exp(xp.clip(arg, None, log_max)))
+
+
+def gamma_slopes(xp, lp, q, gamma, device):
+    """``(a, 1 - a, dw, d1, d2, log u)`` of each γ-CE row from ``log p`` and ``q = 1 - p`` (see the comment above).
+
+    ``a = γ/(γ + (1-γ)p)`` (the Hessian's rank-one factor ``1 - (1-γ)w``) and
+    ``1 - a = (1-γ)p/(γ + (1-γ)p)``, each without cancellation,
+    ``dw = ∂w/∂γ``, ``d1 = ∂L/∂γ``, ``d2 = ∂²L/∂γ²``; ``gamma`` as in
+    :func:`gamma_terms`.  ``u = γ + (1-γ)p`` is ``1 - x`` for ``x ≤ 1/2`` and
+    ``logaddexp(log γ, log c + log p)`` in logs beyond, so no factor
+    cancels; where ``u`` underflows (γ = 0, ``p → 0``) ``d1``, ``d2`` and ``dw``
+    are their infinite limits.  Large results are formed in logs: nothing
+    overflows on the way to a finite one.
+    """
+    if isinstance(gamma, float):
+        consts = (gamma, 1.0 - gamma, _log(gamma), _log(1.0 - gamma))
+    else:
+        consts = (gamma, 1 - gamma, _xlog(xp, gamma), _xlog(xp, 1 - gamma))
+    g, c, log_g, log_c = (xp.asarray(v, dtype=lp.dtype, device=device)
+                          if isinstance(v, float) else xp.astype(v, lp.dtype) for v in consts)
+    fmax = xp.finfo(lp.dtype).max
+    log_max = math.log(float(fmax)) * (1.0 - 4.0 * float(xp.finfo(lp.dtype).eps))  # exp() of it is finite
+    lp_far = xp.clip(lp, -fmax, None)
+    x = c * q
+    near = x <= 0.5
+    x_near = xp.where(near, x, 0.5)
+    inv_near = 1.0 / (1.0 - x_near)
+    log_u = xp.where(near, xp.log1p(-x_near), xp.logaddexp(log_g, log_c + lp_far))
+    a = xp.where(near, g * inv_near, xp.exp(log_g - log_u))
+    a_c = xp.where(near, c * xp.exp(lp) * inv_near, xp.exp((log_c + lp_far) - log_u))  # 1 - a
+    log_u_exact = log_u
+    log_u = xp.clip(log_u, -4.0 * log_max, None)  # below it u is 0 to any precision: the results are infinite
+    dw = -q * xp.where(near, xp.exp(lp) * inv_near * inv_near, _exp(xp, (lp_far - log_u) - log_u, log_max))
+    r = x * xp.where(near, inv_near, _exp(xp, -log_u, log_max))  # x/u
+    series = x < SERIES_X
+    xs = xp.where(series, x, 0.0)
+    c_d = xp.where(series, 1.0, c)  # ≥ 1/4 where used
+    # beyond sqrt(max)/8 the closed forms are r/c² and r²/c³ to far below eps: in logs
+    huge = r > math.sqrt(float(fmax)) / 8.0
+    r_d = xp.where(huge, 1.0, r)
+    log_rc = xp.log(xp.where(huge, r, 1.0)) - xp.log(c_d)
+    d1 = xp.where(series, -(q * q) * _horner(xs, _S1),
+                  xp.where(huge, -_exp(xp, log_rc - xp.log(c_d), log_max), -(r_d + log_u) / (c_d * c_d)))
+    d2 = xp.where(series, (q * q * q) * _horner(xs, _S2),
+                  xp.where(huge, _exp(xp, 2.0 * log_rc - xp.log(c_d), log_max),
+                           (r_d * (r_d - 2.0) - 2.0 * log_u) / (c_d * c_d * c_d)))
+    return a, a_c, dw, d1, d2, log_u_exact
+
+
+class Second(NamedTuple):
+    """What :func:`second_order` returns (``None`` where not asked for).
+
+    ``loss`` reduced; ``grad`` its gradient (compute layout); ``dgamma`` =
+    dL/dγ, reduced like ``loss``; ``hvp`` = ``∇²L·v + ∂(∇L)/∂γ·γ̇`` (the
+    directional derivative of ``grad``); ``dgamma_dot`` = ``⟨∂(∇L)/∂γ, v⟩ +
+    ∂²L/∂γ²·γ̇`` (that of ``dgamma``), reduced like ``loss``.
+    """
+
+    loss: Any
+    grad: Any
+    dgamma: Any
+    hvp: Any
+    dgamma_dot: Any
+
+
+def second_order(xp, z, y, opts: Options, *, v=None, gamma_dot=None, need_grad=True, need_dgamma=False,
+                 plan) -> Second:
+    """Loss, gradient, dL/dγ and their derivatives along ``(v, γ̇)``, in one pass (a :class:`Second`).
+
+    ``z``, ``y``, ``plan`` as in :func:`compute`; ``v``: a tangent of ``z``
+    (its shape, compute layout) or ``None`` (zero); ``gamma_dot``: a tangent
+    of γ (0-d, or one per target) or ``None`` (zero).  ``hvp`` and ``dgamma_dot`` come when
+    either is given.  TaiLr holds its weight constant: its dL/dγ and every γ
+    term are 0.  O(N·C) work and memory, never C×C.
+    """
+    n_classes = plan.n_classes(z.shape[-1])
+    valid, bad, rows, e, t, loss, scale = _prepared(xp, z, y, opts, plan)
+    dtype = z.dtype
+    eps_ls = _smoothing(xp, opts, dtype)
+    if gamma_dot is not None and getattr(gamma_dot, "ndim", 0):  # one γ̇ per target (a transposed product)
+        gamma_dot = gamma_dot[..., None]
+    d = xp.where(rows.ok, rows.z_y - rows.m, 0.0)
+    q = rows.R / t.s
+    gamma_part = not opts.tailr
+    if gamma_part:
+        log_s = xp.log1p(rows.R + xp.expm1(d))
+        a, a_c, dw, d1, d2, log_u = gamma_slopes(xp, d - log_s, q, opts.gamma, plan.device)
+    counted = valid[..., None]
+    sc = scale[..., None]
+
+    def per_row(f):  # f·scale, 0 on uncounted rows whatever f is there (inf included), NaN on poisoned ones
+        return xp.where(counted, f, 0.0) * sc
+
+    def reduced(f):
+        return reduce(xp, f, valid, bad, opts, dtype)[0]
+
+    dgamma = hvp = dgamma_dot = None
+    if need_dgamma:
+        dgamma = reduced((1.0 - eps_ls) * d1 if gamma_part else xp.zeros_like(q))
+    if v is not None or gamma_dot is not None:
+        # ∇²L·v = K·Jv - R·(s - e)·t (J = diag s - s sᵀ, t = (s - e)ᵀv) as (K - R)·Jv + R·(Jv - (s - e)t):
+        # as γ → 1 (a → 1) K - R = (1-ε)w(1 - a) + ε is small and comes from 1 - a itself.
+        K = per_row(t.k1 + eps_ls)
+        KR, R = (per_row(t.k1 * a_c + eps_ls), per_row(t.k1 * a)) if gamma_part else (K, None)
+        # ∂∇L/∂γ·γ̇ = (1-ε)·dw·γ̇·(s - e), formed in logs: dw·s_j = -q·p·s_j/u² is finite where dw
+        # alone overflows (γ = 0, p → 0: dw = -q/p)
+        G = None
+        if gamma_part and gamma_dot is not None:
+            log_q = xp.where(q > 0, xp.log(xp.where(q > 0, q, 1.0)), -math.inf)
+            shift = log_q + (d - log_s) - log_s - 2.0 * log_u  # log(|dw|/S)
+            G = xp.where(counted, sc * (1.0 - eps_ls), 0.0) * gamma_dot
+            G_off = -G * plan.exp_off_target(z - rows.m, -shift)  # G·dw·s_j off the target (z - m first: exact)
+            G_on = -q * (G * dw)  # -q·G·dw on it
+        s_y = xp.exp(d) / t.s
+        terms_g = []  # the rows of dgamma_dot
+        if v is not None:
+            # Relative to r, the v of the row's top class(es) -- the target's where it is one --:
+            # τ = sᵀv - r sums s_k·(v_k - r), so Jv_j = s_j·(v_j - r - τ) keeps its accuracy as s_j → 1.
+            top = e == 1.0
+            v_y, v_top, n_top = plan.row_sums([plan.target_logit(v),
+                                               xp.sum(xp.where(top, v, 0.0), axis=-1, keepdims=True),
+                                               xp.sum(xp.astype(top, v.dtype), axis=-1, keepdims=True)])
+            y_top = d == 0.0
+            r = xp.where(y_top, v_y, v_top / xp.where(y_top, 1.0, n_top))
+            diff = v - r
+            (tau,) = plan.row_sums([xp.sum(e * diff, axis=-1, keepdims=True)])
+            tau = (tau + xp.exp(d) * (v_y - r)) / t.s  # sᵀv - r
+            tv = tau + (r - v_y)  # t = (s - e)ᵀv
+            jv_y = s_y * ((v_y - r) - tau)  # Jv on the target
+            if R is None:
+                hvp = e * (diff - tau) * (K / t.s)
+                on = K * jv_y
+            else:
+                hvp = e * ((diff - tau) * (KR / t.s) + (diff - (tau + tv)) * (R / t.s))
+                # Jv_y = -p·t: where q ≤ p/2, |q·t| ≤ |Jv_y|/2 and nothing cancels in K·Jv_y + R·q·t (R ≤ K),
+                # nor does a small coefficient multiply the small Jv_y on its own (a flush-to-zero unit
+                # would lose that product).  (The choice does not depend on v: the product stays linear.)
+                qt = q * tv
+                on = xp.where(q <= 0.5 * s_y, K * jv_y + R * qt, KR * jv_y + R * (jv_y + qt))
+            if G is not None:
+                hvp = hvp + G_off
+                on = on + G_on
+            if gamma_part and need_dgamma:
+                terms_g.append(dw * tv)
+        else:
+            hvp = G_off if G is not None else xp.zeros_like(e)
+            on = G_on if G is not None else xp.zeros_like(q)
+        hvp = plan.with_targets(hvp, on)
+        if gamma_part and gamma_dot is not None:
+            terms_g.append(d2 * gamma_dot)
+        if need_dgamma:
+            dd = (1.0 - eps_ls) * sum(terms_g[1:], terms_g[0]) if terms_g else xp.zeros_like(q)
+            dgamma_dot = reduced(dd)
+    grad = gradient(xp, e, t, scale, opts, n_classes, plan) if need_grad else None
+    return Second(loss, grad, dgamma, hvp, dgamma_dot)
 
 
 # --------------------------------------------------------------------------- blocks of the classes

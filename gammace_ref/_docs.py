@@ -58,6 +58,10 @@ RETURNS = {
              '0-d for "mean" and "sum", the shape of ``targets`` for "none".'),
     "grad": ("array", "The gradient with respect to ``logits``: in their dtype, device and layout."),
     "value": ("array", "Elementwise, of ``logp``'s shape and dtype."),
+    "hvp": ("array", "The Hessian-vector product with respect to ``logits`` (of the reduced value; for "
+                     '``"none"``, of the sum): in their dtype, device and layout.'),
+    "dgamma": ("array", "dL/dγ, reduced as the loss (0-d for \"mean\" and \"sum\", per target for \"none\"), "
+                        "in the compute dtype."),
     "linear": ("LinearGrads",
                "``(loss, hidden, weight, bias)``: the reduced loss (compute dtype) and the gradients of "
                "the reduced value, each in its input's dtype and shape; ``bias`` is ``None`` without one."),

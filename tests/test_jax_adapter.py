@@ -122,12 +122,13 @@ def test_gamma_schedule_traced_without_recompiling():
     assert len(traces) == 1
 
 
-def test_gamma_threshold_and_targets_are_constants():
-    # As implemented: only logits are differentiated; γ and b get a zero cotangent.
+def test_gamma_is_differentiated_threshold_and_targets_are_constants():
+    # dL/dγ of γ-CE is the core's exact one; TaiLr's W is a stop-gradient (0 in γ and b); targets get float0.
     dz, dg = jax.grad(lambda z, g: GJ.gamma_ce(z, Y, g), argnums=(0, 1))(Z, jnp.asarray(0.3))
     _close(dz, G.gamma_ce_grad(LOGITS, TARGETS, 0.3), "float64")
-    assert dg == 0.0
+    _close(dg, G.gamma_ce_dgamma(LOGITS, TARGETS, 0.3), "float64")
     assert jax.grad(lambda b: GJ.tailr(Z, Y, 0.3, b))(0.2) == 0.0
+    assert jax.grad(lambda g: GJ.tailr(Z, Y, g, 0.2))(0.3) == 0.0
     dy = jax.grad(lambda y: GJ.gamma_ce(Z, y, 0.3), allow_int=True)(Y)
     assert dy.dtype == jax.dtypes.float0 and dy.shape == Y.shape
 
@@ -193,3 +194,22 @@ def test_half_precision(low, jit):
     ref_l, ref_g = f(z.astype(jnp.float32))
     assert abs(float(loss) - float(ref_l)) <= 1e-6 * abs(float(ref_l))
     np.testing.assert_allclose(np.asarray(grad.astype(jnp.float32)), ref_g, rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_optax_drop_in_with_where(jit):
+    # gamma_ce(logits, labels, 0.0, reduction="none", where=mask) is
+    # optax.softmax_cross_entropy_with_integer_labels(logits, labels, where=mask): values and gradients
+    optax = pytest.importorskip("optax", reason="optax is not installed")
+    mask = jnp.asarray([True, False, True, True, False, True])
+    ct = jnp.asarray(np.random.default_rng(5).normal(size=6))
+    ours = lambda z: GJ.gamma_ce(z, Y, 0.0, reduction="none", where=mask)  # noqa: E731
+    theirs = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, Y, where=mask)  # noqa: E731
+    wrap = jax.jit if jit else (lambda f: f)
+    np.testing.assert_allclose(wrap(ours)(Z), wrap(theirs)(Z), rtol=1e-14, atol=0)
+    assert np.all(np.asarray(wrap(ours)(Z))[~np.asarray(mask)] == 0.0)
+    np.testing.assert_allclose(wrap(jax.grad(lambda z: jnp.vdot(ct, ours(z))))(Z),
+                               wrap(jax.grad(lambda z: jnp.vdot(ct, theirs(z))))(Z), rtol=1e-13, atol=1e-16)
+    # no ignore_index by default, as optax: a negative label is an error, not an ignored target
+    with pytest.raises(ValueError, match="out of range"):
+        GJ.gamma_ce(Z, Y.at[0].set(-100), 0.0)

@@ -21,6 +21,9 @@ MODULE = textwrap.dedent('''
     def good_grad(z, y, g, **kw):
         return G.gamma_ce_grad(z, y, g, **{"reduction": "none", **kw})
 
+    def good_hvp(z, y, g, v, **kw):
+        return G.gamma_ce_hvp(z, y, g, v, **{"reduction": "none", **kw})
+
     def off(z, y, g):
         return good(z, y, g) * (1 + 1e-9)
 
@@ -100,6 +103,16 @@ def test_invalid_options_are_exit_2(mod, capsys):
     assert "gammas must be numbers in [0, 1]" in capsys.readouterr().err
     assert main(["check", f"{mod}:good", "--cases", "nope"]) == 2
     assert main(["check", f"{mod}:good", "--bias"]) == 2
+
+
+def test_second_order(mod, capsys):
+    assert main(["check", f"{mod}:good", "--grad", f"{mod}:good_grad", "--order", "2", "--hvp", f"{mod}:good_hvp",
+                 *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "order 2 (Hessian-vector products): PASSED" in out and " hvp " in out
+    assert main(["check", f"{mod}:good", "--order", "2", *FAST]) == 2  # NumPy has no autodiff: --hvp needed
+    assert "needs hvp=" in capsys.readouterr().err
+    assert main(["check", f"{mod}:lin", "--linear", "--order", "2"]) == 2
 
 
 def test_linear_form(mod, capsys):

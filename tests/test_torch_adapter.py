@@ -131,13 +131,52 @@ def test_tailr_with_zero_threshold_has_the_gamma_ce_gradient(gamma):
     np.testing.assert_allclose(g2, g1, rtol=4e-16, atol=0)
 
 
-def test_double_backward_and_forward_mode_raise():
+def test_inside_vmap_levels_the_compiled_default_runs_eagerly_without_turning_compilation_off():
+    # torch.func.hessian / jacfwd call the loss on unbatched logits inside a vmap level, where Dynamo refuses
+    # to compile: those calls run the core eagerly (no RuntimeWarning, compilation stays on for the rest)
+    z = torch.tensor([[0.3, -1.2, 2.0, 0.7]], dtype=torch.float64)
+    f = lambda z: GT.gamma_ce(z, torch.tensor([1]), 0.3, reduction="sum")  # noqa: E731 -- compiled=True
+    H = torch.func.hessian(f)(z)
+    J = torch.func.jacfwd(f)(z)
+    per_target = torch.func.vmap(lambda y: GT.gamma_ce(z, y, 0.3, reduction="sum"))(torch.tensor([[1], [2]]))
+    np.testing.assert_allclose(J.numpy(), G.gamma_ce_grad(z.numpy(), np.array([1]), 0.3, reduction="sum"),
+                               rtol=1e-15)
+    np.testing.assert_allclose(H.reshape(4, 4).numpy() @ np.ones(4), np.zeros(4), atol=1e-16)  # shift invariance
+    np.testing.assert_allclose(per_target.numpy(), [G.gamma_ce(z.numpy(), np.array([t]), 0.3, reduction="sum")
+                                                    for t in (1, 2)], rtol=1e-15)
+    assert not _kernel._compile_error
+
+
+def test_double_backward_and_forward_mode_are_exact():
+    # (tests/test_second_order.py checks them in every regime; here: they run and agree with the core)
+    y = torch.tensor(Y)
+    f = lambda z: GT.gamma_ce(z, y, 0.3, compiled=False)  # noqa: E731
     z = torch.tensor(Z, requires_grad=True)
-    (g,) = torch.autograd.grad(GT.gamma_ce(z, torch.tensor(Y), 0.3, compiled=False) ** 2, z, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        g.sum().backward()
-    with pytest.raises(NotImplementedError, match="jvp"):
-        torch.func.hessian(lambda z: GT.gamma_ce(z, torch.tensor(Y), 0.3, compiled=False))(z.detach())
+    (g,) = torch.autograd.grad(f(z), z, create_graph=True)
+    v = RNG.normal(size=Z.shape)
+    (g * torch.tensor(v)).sum().backward()
+    hv = G.gamma_ce_hvp(Z, Y, 0.3, v)
+    np.testing.assert_allclose(z.grad.numpy(), hv, rtol=1e-13, atol=1e-300)
+    h = torch.func.hessian(f)(torch.tensor(Z))
+    np.testing.assert_allclose(h.reshape(Z.size, Z.size).numpy() @ v.ravel(), hv.ravel(), rtol=1e-13, atol=1e-300)
+
+
+def test_functional_default_ignore_index_is_cross_entropys():
+    # issue 20 item 6: as F.cross_entropy, the functional losses ignore -100 by default
+    y = torch.tensor(Y_IGN)
+    for compiled in (False, True):
+        got = GT.gamma_ce(torch.tensor(Z), y, 0.0, compiled=compiled)
+        assert float(got) == pytest.approx(float(torch.nn.functional.cross_entropy(torch.tensor(Z), y)), rel=1e-14)
+    assert float(GT.tailr(torch.tensor(Z), y, 0.3, 0.2)) == pytest.approx(
+        G.tailr(Z, Y_IGN, 0.3, 0.2, ignore_index=-100), rel=1e-14)
+    with pytest.raises(ValueError, match="out of range"):
+        GT.gamma_ce(torch.tensor(Z), y, 0.0, ignore_index=None)
+    import inspect
+
+    import gammace_ref.torch.distributed as GTD
+
+    for fn in (GT.linear_gamma_ce, GT.linear_tailr, GTD.gamma_ce, GTD.tailr, GTD.linear_gamma_ce, GTD.linear_tailr):
+        assert inspect.signature(fn).parameters["ignore_index"].default == -100, fn
 
 
 # --- torch.compile and torch.func --------------------------------------------

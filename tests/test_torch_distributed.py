@@ -83,3 +83,33 @@ def test_bad_slice_is_named():
 
     with pytest.raises(ValueError, match="offset 9 and n_classes 11"):
         GD.gamma_ce(torch.zeros(2, 4, dtype=torch.float64), torch.tensor([0, 1]), 0.1, offset=9, n_classes=11)
+
+
+def _maml_worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=1)
+    try:
+        import gammace_ref.torch.distributed as GD
+
+        x, y = torch.randn(6, 4, dtype=torch.float64), torch.tensor(_inputs()[1] % C)
+        w = torch.randn(C, 4, dtype=torch.float64, requires_grad=True)
+        results = []
+        for loss_of in (lambda w: GD.gamma_ce(x @ w.T, y, 0.3, offset=0, n_classes=C),
+                        lambda w: GD.linear_gamma_ce(x, w, y, 0.3, offset=0, n_classes=C)):
+            (g,) = torch.autograd.grad(loss_of(w), w, create_graph=True)  # an inner step, as MAML's
+            try:
+                loss_of(w - 0.5 * g).backward()
+                results.append("silent")
+            except NotImplementedError as exc:
+                results.append(str(exc))
+        with open(f"{out_dir}/maml.txt", "w") as f:
+            f.write("\n".join(results))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_second_order_raises_never_silently_first_order(tmp_path):
+    # issue 20 item 2 on the vocabulary-parallel functions: the outer backward of a MAML step raises
+    torch.multiprocessing.spawn(_maml_worker, args=(_free_port(), str(tmp_path)), nprocs=1, join=True)
+    lines = (tmp_path / "maml.txt").read_text().splitlines()
+    assert len(lines) == 2 and all("second derivatives" in line for line in lines), lines

@@ -24,6 +24,10 @@ backward.
 * :func:`fused_linear_gamma_ce` -- a chunked fused linear + γ-CE kernel
   (float32 logits and accumulation for 16-bit input); ``dw_scale=2`` is the
   dW-off-by-2× bug;
+* :func:`paper_gradient_tailr` -- TaiLr whose backward is the paper's gradient
+  ``W·(softmax - onehot)`` written with differentiable ops: first order right,
+  but a double backward differentiates ``W`` (``order=2`` rejects it;
+  ``detach_weight=True`` is the fix);
 * :func:`naive_gamma_ce` -- the textbook formula;
 * :func:`jax_gamma_ce` (traced-γ friendly, ``jax.custom_vjp``) and
   :func:`jax_branchy` (``if gamma == 1:`` -- traced γ unsupported).
@@ -347,3 +351,32 @@ def official_tailr(logits, targets, gamma, threshold, *, reduction="sum", ignore
         return loss.sum() / (~pad).sum().clamp(min=1)
     return loss.sum()
 # --8<-- [end:official_tailr]
+
+
+# --8<-- [start:paper_gradient_tailr]
+class _PaperGradientTailr(torch.autograd.Function):
+    """TaiLr's value, and the paper's gradient ``W·(softmax - onehot)`` as a differentiable backward."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, gamma, threshold, detach_weight):
+        loss, _ = careful_rows(logits, targets, gamma, threshold)
+        ctx.save_for_backward(logits, targets)
+        ctx.gamma, ctx.threshold, ctx.detach_weight = gamma, threshold, detach_weight
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, targets = ctx.saved_tensors
+        p = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        p_y = p.gather(-1, targets[:, None])
+        w = (p_y / (ctx.gamma + (1 - ctx.gamma) * p_y)).clamp(ctx.threshold, 1.0)
+        if ctx.detach_weight:  # the fix: W is a constant of the surrogate -stop_gradient(W)·log p
+            w = w.detach()
+        grad = w * (p - F.one_hot(targets, logits.shape[-1]).to(p.dtype))  # a double backward sees dW/dz
+        return (g[:, None] * grad).to(logits.dtype), None, None, None, None
+
+
+def paper_gradient_tailr(logits, targets, gamma, threshold, detach_weight=False):
+    """First derivatives right; second derivatives those of the paper's gradient field (W differentiated)."""
+    return _PaperGradientTailr.apply(logits, targets, gamma, threshold, detach_weight)
+# --8<-- [end:paper_gradient_tailr]

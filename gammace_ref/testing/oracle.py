@@ -45,14 +45,31 @@ raises, returns the wrong shape, a non-float result or NaN on a case fails
 that entry (the report says which γ); a call that does not return within
 ``timeout`` seconds fails the check (TIMEOUT).
 
+**Second order** (``order=2``): each case also gets a fixed direction ``v``
+(standard normal, seeded by the case, rounded to the dtype under test), and
+the candidate's Hessian-vector product of the sum of its outputs along ``v``
+-- torch: ``torch.autograd.grad(..., create_graph=True)`` then the
+gradient's backward along ``v``; JAX: ``jax.jvp`` of the gradient (forward
+over reverse, under ``jax.jit`` for ``"jax.jit"``); elsewhere, or when given,
+``hvp(logits, targets, gamma[, threshold], v, **options)`` -- is judged as
+the quantity ``hvp`` against the mpmath closed form
+(:func:`gammace_ref.testing.reference.hvp_row`; TaiLr's ``W`` held constant,
+the Hessian of ``-stop_gradient(W)·log p``), norm-wise per row: relative to
+the reference row (``profile="reference"``) or to the size of the terms it
+is formed from (``profile="kernel"``).  A gradient without autograd history
+after ``create_graph=True`` (a backward that is not differentiable, whose
+Hessian a double backward would silently take as 0) fails the case.
+
 The report has the worst input per (case, dtype, quantity), every failing γ,
 relative, ULP and absolute errors; ``Report.to_dict()`` is its JSON.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +86,7 @@ ALL_DTYPES = ("float64", "float32", "bfloat16", "float16")
 RANDOM_SHAPES = ((8, 3, 1.0), (8, 50, 5.0), (4, 1000, 10.0))  # (rows, classes, logit scale)
 REDUCTIONS = ("none", "mean", "sum")
 PROBE = "moderate"  # the ordinary case a dtype is probed with
+ORDERS = (1, 2)
 
 
 # --------------------------------------------------------------------------- options
@@ -184,6 +202,7 @@ class Expected:
     grads: dict  # name -> (reference float64 array, magnitude float64 array or None[, magnitude shown])
     value_scale: np.ndarray | None = None  # what the value's error is judged against (None: |value|)
     shown: bool = False  # report relative errors against |value| / the third magnitude, not the judged scale
+    hvp: tuple | None = None  # (reference (N, C), magnitude (N, C)) of the Hessian-vector product (order 2)
 
 
 def needs_magnitude(s: Settings):
@@ -246,17 +265,91 @@ def magnitudes(rows, targets, gamma, s: Settings, ignore_index, onehot: bool) ->
     return out
 
 
+# --------------------------------------------------------------------------- second order
+
+
+@functools.lru_cache(maxsize=64)
+def _direction(key, shape) -> tuple:
+    """``(array, rows)``: the direction of case ``key`` (standard normal, seeded by the case, rounded to its
+    dtype ``key[1]``) as the storage array and as Python floats per row."""
+    rng = np.random.default_rng(zlib.crc32(repr(key).encode()))
+    arr = round_array(rng.standard_normal(shape), key[1])
+    return arr, tuple(tuple(float(x) for x in r) for r in arr.reshape(shape[0], -1))
+
+
+def direction(case: Case) -> np.ndarray:
+    """The direction ``v`` the Hessian-vector product of ``case`` is taken along (the logits' shape)."""
+    return _direction(case.key, case.inputs["logits"].shape)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _expected_hvp(key, gamma, s: Settings) -> tuple:
+    """``(reference, magnitude)`` of the Hessian-vector product of the sum of the outputs, float64 ``(N, C)``."""
+    from . import reference
+
+    name, dtype, large_c, seed, ignore_index = key
+    case = _find(dtype, large_c, seed, ignore_index, name)
+    _, vrows = _direction(case.key, case.inputs["logits"].shape)
+    counted = [ignore_index is None or t != ignore_index for t in case.targets]
+    ref = np.zeros((case.n, len(case.rows[0])))
+    for i, (r, t, vr) in enumerate(zip(case.rows, case.targets, vrows)):
+        if counted[i]:
+            ref[i] = metrics.to_float64(reference.hvp_row(r, t, vr, gamma, s.threshold, s.label_smoothing))
+    scale = 1.0 / max(sum(counted), 1) if s.reduction == "mean" else 1.0
+    ref *= scale
+    if s.profile != "kernel":
+        return ref, np.abs(ref)
+    return ref, hvp_magnitudes(case.rows, case.targets, vrows, gamma, s, counted) * scale
+
+
+def hvp_magnitudes(rows, targets, vrows, gamma, s: Settings, counted) -> np.ndarray:
+    """The size of the terms of ``H·v = K·(s⊙v - s·(sᵀv)) - R·(s - e)·((s - e)ᵀv)`` per component (float64).
+
+    ``K·(s⊙|v| + s·(sᵀ|v|)) + |R|·(s + e)·((s + e)ᵀ|v|)``: what a float32 kernel
+    forming ``s - e`` and the two dot products in floating point can be
+    judged against (profile ``kernel``), as :func:`magnitudes` is for the
+    gradient.  ``K = (1-ε)·w + ε``, ``R = (1-ε)·w·γ/(γ + (1-γ)p)`` (γ-CE;
+    TaiLr ``K = (1-ε)·W + ε``, ``R = 0``).
+    """
+    z = np.array([[float(x) for x in r] for r in rows], dtype=np.float64).reshape(len(rows), -1)
+    v = np.abs(np.array(vrows, dtype=np.float64).reshape(z.shape))
+    y = np.array([t if c else 0 for t, c in zip(targets, counted)])
+    out = np.zeros(z.shape)
+    if z.shape[1] == 0:
+        return out
+    with np.errstate(invalid="ignore", over="ignore", under="ignore", divide="ignore"):
+        e = np.exp(z - np.max(z, axis=1, keepdims=True))
+        sm = e / e.sum(axis=1, keepdims=True)
+        p = sm[np.arange(len(y)), y]
+        u = gamma + (1 - gamma) * p
+        w = np.ones_like(p) if gamma == 0 else p / u
+        eps = s.label_smoothing
+        if s.threshold is not None:
+            K, R = (1 - eps) * np.clip(w, s.threshold, 1.0) + eps, np.zeros_like(p)
+        else:
+            K, R = (1 - eps) * w + eps, np.zeros_like(p) if gamma == 0 else (1 - eps) * w * gamma / u
+        onehot = np.zeros_like(sm)
+        onehot[np.arange(len(y)), y] = 1.0
+        se = sm + onehot
+        m = (K[:, None] * (sm * v + sm * np.sum(sm * v, axis=1, keepdims=True))
+             + R[:, None] * se * np.sum(se * v, axis=1, keepdims=True))
+    out[np.asarray(counted)] = np.nan_to_num(m, nan=0.0)[np.asarray(counted)]
+    return out
+
+
 # --------------------------------------------------------------------------- the loop
 
 
 def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cases_of, expected_of,
-                grad_rule, describe, shapes_of, only=None):
+                grad_rule, describe, shapes_of, only=None, direction_of=None):
     """Run every case of every dtype at every γ and fold the verdicts into ``report``.
 
     ``cases_of(dtype)`` lists the :class:`Case` objects; ``expected_of(case,
     γ)`` gives an :class:`Expected`; ``grad_rule(name)`` is ``"element"`` or
     ``"row"``; ``describe(case, quantity, where)`` the worst-input dict;
-    ``shapes_of(case)`` maps each gradient name to its shape.
+    ``shapes_of(case)`` maps each gradient name to its shape;
+    ``direction_of(case)`` (second order) the direction of the Hessian-vector
+    product, judged norm-wise per row as ``hvp``.
     """
     for n, dtype in enumerate(dtypes):
         if runner.timed_out:
@@ -287,7 +380,8 @@ def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cas
             y = np.asarray(case.targets, dtype=np.int64)
             for g in gammas:
                 try:
-                    res = runner.run(case.inputs, dtype, y, g, s.threshold)
+                    res = runner.run(case.inputs, dtype, y, g, s.threshold,
+                                     direction=direction_of(case) if direction_of else None)
                 except CandidateTimeout as exc:
                     entry.error, entry.error_kind = str(exc), "TIMEOUT"
                     entry.error_gammas.append(g)
@@ -308,6 +402,9 @@ def run_battery(report: Report, runner: Runner, s: Settings, dtypes, gammas, cas
                     rule = grad_rule(name)
                     _judge(entry, "grad" if name == "logits" else f"d_{name}", res.grads[name],
                            res.grad_formats[name], ref, mag, rule, g, case, describe, shown[0] if shown else None)
+                if direction_of is not None:
+                    ref, mag = exp.hvp
+                    _judge(entry, "hvp", res.hvp, res.hvp_format, ref, mag, "row", g, case, describe)
 
 
 def select(battery, only):
@@ -346,6 +443,13 @@ def _shape_problem(res, exp: Expected, grad_shapes: dict, grad_checked: bool) ->
             return f"the gradient with respect to {name} has shape {res.grads[name].shape}, expected {shape}"
         if grad_checked and name not in res.grads:
             return f"no gradient with respect to {name}"
+    if exp.hvp is not None:
+        if res.hvp is None:
+            return "no Hessian-vector product"
+        if res.hvp.shape != exp.hvp[0].shape:
+            return f"the Hessian-vector product has shape {res.hvp.shape}, expected {exp.hvp[0].shape}"
+        if res.hvp_format not in judge.REL:
+            return f"the Hessian-vector product has dtype {res.hvp_format}, not a floating-point format the oracle judges"
     for what, fmt in [("loss", res.value_format), *((f"gradient ({n})", f) for n, f in res.grad_formats.items())]:
         if fmt not in judge.REL:
             return f"the {what} has dtype {fmt}, not a floating-point format the oracle judges"
@@ -392,7 +496,7 @@ def _describe_logits(case: Case, quantity, idx) -> dict:
         return {"batch": f"{case.n} rows, targets {list(case.targets)}"}
     i = idx[0]
     out = {"row": i, "target": int(case.targets[i])}
-    if quantity == "grad" and len(idx) > 1:
+    if quantity in ("grad", "hvp") and len(idx) > 1:
         out["class"] = idx[1]
     out["logits"] = list(case.rows[i])
     return out
@@ -401,7 +505,8 @@ def _describe_logits(case: Case, quantity, idx) -> dict:
 def check_implementation(candidate, *, loss="gamma_ce", backend="numpy", grad=None, dtypes=DTYPES,
                          gammas=regimes.GAMMAS, threshold=regimes.TAILR_THRESHOLD, large_vocab=4096,
                          seed=0, reduction=None, ignore_index=None, label_smoothing=None,
-                         profile="reference", timeout=None, static_gamma=None, cases=None) -> Report:
+                         profile="reference", timeout=None, static_gamma=None, cases=None, order=1,
+                         hvp=None) -> Report:
     """Run ``candidate`` over the battery and judge it against mpmath; see the module docstring.
 
     Parameters
@@ -439,6 +544,14 @@ def check_implementation(candidate, *, loss="gamma_ce", backend="numpy", grad=No
         The class count of the ``huge_vocab`` regime; the seed of the random cases.
     cases : sequence of str, optional
         Only these cases of the battery (by name: ``"p_to_1"``, ``"random C=50"``, ...).
+    order : {1, 2}
+        2: also judge the Hessian-vector product of the sum of the outputs
+        along a fixed direction per case (quantity ``hvp``; see the module
+        docstring), from the backend's autodiff of the gradient or ``hvp``.
+    hvp : callable, optional
+        ``hvp(logits, targets, gamma[, threshold], v, **options)``: the
+        Hessian-vector product (needed for ``order=2`` where the backend has
+        no autodiff; :func:`gammace_ref.gamma_ce_hvp` has this signature).
 
     Returns
     -------
@@ -449,18 +562,30 @@ def check_implementation(candidate, *, loss="gamma_ce", backend="numpy", grad=No
     from .backends import Backend
 
     family = Backend(backend).family
+    if order not in ORDERS or isinstance(order, bool):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+    if hvp is not None and not callable(hvp):
+        raise TypeError(f"hvp must be callable or None, got {hvp!r}")
+    if order == 2 and hvp is None and family not in ("torch", "jax"):
+        raise ValueError(f"order=2 on backend {str(backend)!r} needs hvp= (the Hessian-vector product): only "
+                         "torch and JAX have an autodiff to differentiate the gradient with")
     with jax_x64(family == "jax"):
-        runner = Runner(backend, candidate, grad=grad, scalars=("gamma", "threshold") if s.threshold is not None
-                        else ("gamma",), options=s.keywords(), timeout=timeout, static_gamma=static_gamma)
+        runner = Runner(backend, candidate, grad=grad, hvp=hvp, scalars=("gamma", "threshold")
+                        if s.threshold is not None else ("gamma",), options=s.keywords(), timeout=timeout,
+                        static_gamma=static_gamma)
         report = Report(loss=loss, backend=str(backend), grad_checked=runner.grad_checked, profile=profile,
-                        options=s.keywords())
+                        options=s.keywords(), order=order)
         def expected_of(case, g):
-            return _expected(case.key, g, s)
+            exp = _expected(case.key, g, s)
+            if order == 2:
+                exp = dataclasses.replace(exp, hvp=_expected_hvp(case.key, g, s))
+            return exp
 
         run_battery(report, runner, s, tuple(dtypes), tuple(gammas),
                     lambda d: battery(d, large_vocab, seed, s.ignore_index), expected_of,
                     lambda name: "row" if profile == "kernel" else "element", _describe_logits,
-                    lambda case: {"logits": case.inputs["logits"].shape}, only=cases)
+                    lambda case: {"logits": case.inputs["logits"].shape}, only=cases,
+                    direction_of=direction if order == 2 else None)
     report.notes.extend(runner.notes)
     report.seconds = time.perf_counter() - start
     if family == "jax":

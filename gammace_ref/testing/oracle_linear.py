@@ -50,7 +50,7 @@ import time
 
 import numpy as np
 
-from . import judge, regimes
+from . import regimes
 from .formats import FORMATS, round_array
 from .oracle import DTYPES, Case, Expected, Settings, run_battery, settings
 from .report import Report

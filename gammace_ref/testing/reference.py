@@ -198,3 +198,120 @@ def batch(rows, targets, gamma, threshold=None, label_smoothing=0.0, reduction="
     n = max(count, 1)
     inv = ctx.mpf(1) / n  # 60 digits: multiplying by it is exact to far below any float's precision
     return _public(total / n), [_scaled(ctx, inv, [v._mpf_ for v in gr]) for gr in grads]
+
+
+# --------------------------------------------------------------------------- second order and dL/dγ
+#
+# The Hessian from its closed form (∇²L = K (diag s - s sᵀ) - R (s - e)(s - e)ᵀ,
+# K and R from the definitions of w and of its derivative in p; a test checks it
+# against mpmath's numerical derivative of :func:`row`), and the γ-derivatives
+# as mpmath's numerical derivatives of the loss and weight *definitions* in γ.
+# As above, ``1 - p_y`` is taken from the other classes wherever it appears:
+# (s - e)_y = -q, s_y (1 - s_y) = s_y q, (s - e)ᵀv = Σ_{j≠y} s_j v_j - q v_y.
+
+
+def _extra_dps(ctx, p, q, gamma, dps):
+    """Working digits for differences of L(γ) (~q, or ~|log u|) that change by ~q²·h/u around it."""
+    g = ctx.convert(gamma)
+    u = g + (1 - g) * p
+    log_u = abs(ctx.log(u)) if u > 0 else 0
+    return dps + (2 * int(-ctx.log10(q)) if 0 < q < 1 else 0) + int(ctx.log10(log_u + 1)) + 20
+
+
+def _curvature(ctx, p, gamma, threshold, eps):
+    """``(K, R)``: the weights of ``diag s - s sᵀ`` and of ``-(s - e)(s - e)ᵀ`` in the row's Hessian."""
+    g = ctx.convert(gamma)
+    c = 1 - g
+    w = ctx.mpf(1) if g == 0 else p / (g + c * p)
+    if threshold is not None:  # TaiLr: W held constant, no derivative of W
+        return (1 - eps) * min(max(w, ctx.convert(threshold)), ctx.mpf(1)) + eps, ctx.mpf(0)
+    # dw/dz = (dw/dp)·p·(e - s) with dw/dp = γ/(γ + c p)²: R = (1 - ε)·w·γ/(γ + c p)
+    a = ctx.mpf(0) if g == 0 else g / (g + c * p)
+    return (1 - eps) * w + eps, (1 - eps) * w * a
+
+
+def hessian_row(z, y, gamma, threshold=None, label_smoothing=0.0, dps=DPS):
+    """The C×C Hessian (list of lists of mpmath numbers) of one row's loss with respect to ``z``.
+
+    ``threshold=None`` is γ-CE; a number is TaiLr's surrogate with ``W`` held constant.
+    """
+    ctx = context(dps)
+    zs, s, q, _, _ = _softmax_in(ctx, z, y, dps)
+    K, R = _curvature(ctx, s[y], gamma, threshold, ctx.convert(label_smoothing))
+    se = list(s)
+    se[y] = -q
+    C = len(zs)
+    H = [[-K * s[i] * s[j] - R * se[i] * se[j] for j in range(C)] for i in range(C)]
+    m = max(range(C), key=lambda j: zs[j])
+    for i in range(C):  # 1 - s_i from the other classes for the target and the top class
+        rest = q if i == y else ctx.fsum(s[:i] + s[i + 1:]) if i == m else 1 - s[i]
+        H[i][i] = K * s[i] * rest - R * se[i] * se[i]
+    return [[_public(h) for h in row_] for row_ in H]
+
+
+def hvp_row(z, y, v, gamma, threshold=None, label_smoothing=0.0, dps=DPS):
+    """``∇²L·v`` (list of mpmath numbers) of one row, O(C): ``K·s⊙(v - sᵀv) - R·(s - e)·((s - e)ᵀv)``."""
+    ctx = context(dps)
+    zs, s, q, _, _ = _softmax_in(ctx, z, y, dps)
+    jv, t = _jv(tuple(z), y, tuple(v), dps)
+    jv, t = [ctx.make_mpf(x) for x in jv], ctx.make_mpf(t)
+    K, R = _curvature(ctx, s[y], gamma, threshold, ctx.convert(label_smoothing))
+    out = [K * jv[j] - R * t * s[j] for j in range(len(zs))]
+    out[y] = K * jv[y] + R * q * t
+    return [_public(x) for x in out]
+
+
+@functools.lru_cache(maxsize=64)
+def _jv(z, y, v, dps):
+    """``((diag s - s sᵀ)·v, (s - e)ᵀv)`` of one row (raw mpf): ``s_j·(v_j - sᵀv)`` with ``sᵀv - v_m``
+    summed relative to the top class ``m`` (whose ``1 - s_m`` is the others' mass), and ``sᵀv - v_y``."""
+    ctx = context(dps)
+    zs, s, q, _, _ = _softmax_in(ctx, z, y, dps)
+    vs = [ctx.convert(x) for x in v]
+    m = max(range(len(zs)), key=lambda j: zs[j])
+    sv = ctx.fsum(s[j] * (vs[j] - vs[m]) for j in range(len(zs)) if j != m)  # sᵀv - v_m
+    return tuple((s[j] * ((vs[j] - vs[m]) - sv))._mpf_ for j in range(len(zs))), (sv + vs[m] - vs[y])._mpf_
+
+
+def _loss_of_gamma(ctx, p, q):
+    def f(g):
+        c = 1 - g
+        if c == 0:
+            return q
+        if abs(c * q) < ctx.mpf(1) / 2:
+            return -ctx.log1p(-c * q) / c
+        return -ctx.log(g + c * p) / c
+    return f
+
+
+def gamma_derivatives(z, y, gamma, label_smoothing=0.0, dps=DPS, with_grad=True):
+    """``(dL/dγ, d²L/dγ², d∇L/dγ)`` of one γ-CE row (mpmath numbers; the last a list over the classes).
+
+    Numerical derivatives (mpmath's ``diff``, one-sided towards γ + h with
+    ``h`` far below ``γ + (1-γ)p``, at enough digits) of the definitions ``L(γ) = -log(γ + (1-γ)p)/(1-γ)`` (its
+    limit ``1 - p`` at γ = 1) and ``w(γ) = p/(γ + (1-γ)p)``; ``d∇L/dγ`` is
+    ``(1-ε)·dw/dγ·(s - e)``.  At a masked target (``p = 0``) and γ = 0 they
+    are the infinite limits.  ``with_grad=False``: ``None`` for the last.
+    """
+    ctx = context(dps)
+    zs, s, q, _, _ = _softmax_in(ctx, z, y, dps)
+    p, eps, g = s[y], ctx.convert(label_smoothing), ctx.convert(gamma)
+    ctx.dps = _extra_dps(ctx, p, q, g, dps)
+    try:
+        if p == 0 and g == 0:
+            d1, d2, dw = -ctx.inf, ctx.inf, -ctx.inf
+        else:
+            # the step relative to u = γ + (1-γ)p, the scale on which L and w change with γ
+            h = (g + (1 - g) * p) * ctx.ldexp(1, -ctx.prec - 10)
+            f = _loss_of_gamma(ctx, p, q)
+            d1 = ctx.diff(f, g, 1, direction=1, h=h)
+            d2 = ctx.diff(f, g, 2, direction=1, h=h)
+            dw = ctx.diff(lambda x: p / (x + (1 - x) * p), g, 1, direction=1, h=h)
+        dgrad = None
+        if with_grad:
+            se = list(s)
+            se[y] = -q
+            dgrad = [_public((1 - eps) * dw * v if v != 0 else ctx.mpf(0)) for v in se]
+        return _public((1 - eps) * d1), _public((1 - eps) * d2), dgrad
+    finally:
+        ctx.dps = dps

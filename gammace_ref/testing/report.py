@@ -143,6 +143,7 @@ class Report:
     notes: list = field(default_factory=list)
     seconds: float = 0.0
     compilations: int | None = None  # JAX traces (under jax.jit: compilations)
+    order: int = 1  # 2: Hessian-vector products judged too (quantity "hvp")
 
     @property
     def passed(self) -> bool:
@@ -161,7 +162,8 @@ class Report:
         elif self.failures:
             verdict += f" ({len(self.failures)} of {len(self.entries)} entries)"
         extra = "" if self.grad_checked else " (values only: no gradient available)"
-        return (f"{what}, profile {self.profile!r}" + (f", {opts}" if opts else "") + f": {verdict}{extra}")
+        order = ", order 2 (Hessian-vector products)" if self.order == 2 else ""
+        return (f"{what}, profile {self.profile!r}{order}" + (f", {opts}" if opts else "") + f": {verdict}{extra}")
 
     def __str__(self) -> str:
         rows = []
@@ -196,7 +198,7 @@ class Report:
         return _json({"loss": self.loss, "backend": self.backend, "kind": self.kind, "profile": self.profile,
                       "options": self.options, "passed": self.passed, "grad_checked": self.grad_checked,
                       "not_accepted": self.not_accepted, "unsupported": self.unsupported, "notes": self.notes,
-                      "seconds": round(self.seconds, 3), "compilations": self.compilations,
+                      "seconds": round(self.seconds, 3), "compilations": self.compilations, "order": self.order,
                       "entries": [e.to_dict() for e in self.entries]})
 
 

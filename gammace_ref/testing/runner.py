@@ -8,6 +8,14 @@ keyword arguments, takes the gradient of the sum of its outputs (torch:
 given, or none) and returns NumPy float64 results with the format each came
 back in.
 
+With ``order=2`` a call along a direction ``v`` also returns the
+Hessian-vector product of the sum of the outputs with respect to the first
+array (the logits): the derivative of the gradient along ``v`` -- torch:
+``torch.autograd.grad(..., create_graph=True)`` then the gradient's own
+backward along ``v`` (the Hessian is symmetric); JAX: ``jax.jvp`` of the
+gradient (forward over reverse); elsewhere, or when given,
+``hvp(*arrays, targets, gamma[, threshold], v, **options)``.
+
 Under ``jax.jit`` the candidate and its ``jax.vjp`` are compiled once per
 shape and format, with γ (and TaiLr's threshold) traced; a candidate that
 cannot take a traced γ (``if gamma == 1:``, ``float(gamma)``) is retried with
@@ -52,6 +60,8 @@ class Result:
     value_format: str
     grads: dict = field(default_factory=dict)  # name -> float64 array
     grad_formats: dict = field(default_factory=dict)  # name -> format name
+    hvp: np.ndarray | None = None  # the Hessian-vector product (order 2), float64
+    hvp_format: str | None = None
 
 
 # Formats a backend's arrays can hold (NumPy has no bfloat16, array-api-strict no float16).
@@ -132,10 +142,11 @@ class Runner:
     ``("gamma", "threshold")``, after the targets; ``options``: keyword
     arguments passed on every call (``reduction=...``).  ``grad`` returns the
     gradients with respect to ``positional + keyword_arrays`` (one array for
-    one of them, else a tuple).
+    one of them, else a tuple); ``hvp`` the Hessian-vector product with
+    respect to the first of them along the array after the scalars.
     """
 
-    def __init__(self, backend, candidate, *, grad=None, positional=("logits",), keyword_arrays=(),
+    def __init__(self, backend, candidate, *, grad=None, hvp=None, positional=("logits",), keyword_arrays=(),
                  scalars=("gamma",), options=None, timeout=None, static_gamma=None):
         self.kind = Backend(backend)
         reason = availability(self.kind)
@@ -143,7 +154,7 @@ class Runner:
             raise RuntimeError(f"backend {self.kind.value!r} cannot run here: {reason}")
         self.b = BackendUnderTest(self.kind)
         self.family = self.b.family
-        self.candidate, self.grad = candidate, grad
+        self.candidate, self.grad, self.hvp = candidate, grad, hvp
         self.positional, self.keyword_arrays = tuple(positional), tuple(keyword_arrays)
         self.scalars, self.options = tuple(scalars), dict(options or {})
         self.names = self.positional + self.keyword_arrays
@@ -190,21 +201,25 @@ class Runner:
 
     # ------------------------------------------------------------------ calls
 
-    def run(self, inputs: dict, fmt: str, targets, gamma, threshold=None) -> Result:
-        """One value-and-gradient evaluation on NumPy ``inputs`` (``{name: array}``) in format ``fmt``."""
-        call = (lambda: self._run(inputs, fmt, targets, gamma, threshold))
+    def run(self, inputs: dict, fmt: str, targets, gamma, threshold=None, direction=None) -> Result:
+        """One value-and-gradient evaluation on NumPy ``inputs`` (``{name: array}``) in format ``fmt``.
+
+        ``direction`` (a NumPy array of the first input's shape): also the
+        Hessian-vector product along it (:attr:`Result.hvp`).
+        """
+        call = (lambda: self._run(inputs, fmt, targets, gamma, threshold, direction))
         if self._worker is None:
             return call()
         return self._worker.call(call, self.timeout, f"the call at gamma={gamma!r}")
 
-    def _args(self, arrays, y, g, t):
+    def _args(self, arrays, y, g, t, extra=()):
         pos = [arrays[n] for n in self.positional]
         kw = {n: arrays[n] for n in self.keyword_arrays}
         sc = (g, t)[:len(self.scalars)]
-        return (*pos, y, *sc), {**kw, **self.options}
+        return (*pos, y, *sc, *extra), {**kw, **self.options}
 
-    def _call(self, fn, arrays, y, g, t, what):
-        args, kwargs = self._args(arrays, y, g, t)
+    def _call(self, fn, arrays, y, g, t, what, extra=()):
+        args, kwargs = self._args(arrays, y, g, t, extra)
         try:
             return fn(*args, **kwargs)
         except (CandidateError, CandidateTimeout):
@@ -227,11 +242,11 @@ class Runner:
             out[n], fmts[n] = self._numpy(g, f"gradient with respect to {n}")
         return out, fmts
 
-    def _run(self, inputs, fmt, targets, gamma, threshold):
+    def _run(self, inputs, fmt, targets, gamma, threshold, direction=None):
         if self.family == "torch":
-            return self._run_torch(inputs, fmt, targets, gamma, threshold)
+            return self._run_torch(inputs, fmt, targets, gamma, threshold, direction)
         if self.family == "jax":
-            return self._run_jax(inputs, fmt, targets, gamma, threshold)
+            return self._run_jax(inputs, fmt, targets, gamma, threshold, direction)
         arrays = {n: self._asarray(a, fmt) for n, a in inputs.items()}
         y = self.b.asarray(np.asarray(targets, dtype=np.int64))
         value = self._call(self.candidate, arrays, y, gamma, threshold, "the candidate")
@@ -239,13 +254,21 @@ class Runner:
         grads, gfmts = {}, {}
         if self.grad is not None:
             grads, gfmts = self._grads_out(self._call(self.grad, arrays, y, gamma, threshold, "the gradient function"))
-        return Result(v, vf, grads, gfmts)
+        res = Result(v, vf, grads, gfmts)
+        if direction is not None:
+            if self.hvp is None:
+                raise CandidateError(f"no Hessian-vector product on {self.kind.value}: pass hvp=")
+            hv = self._call(self.hvp, arrays, y, gamma, threshold, "the Hessian-vector product function",
+                            extra=(self._asarray(direction, fmt),))
+            res.hvp, res.hvp_format = self._numpy(hv, "Hessian-vector product")
+        return res
 
-    def _run_torch(self, inputs, fmt, targets, gamma, threshold):
+    def _run_torch(self, inputs, fmt, targets, gamma, threshold, direction=None):
         import torch
 
+        second = direction is not None and self.hvp is None  # the HVP by differentiating the gradient
         autodiff = self.grad is None
-        arrays = {n: self._asarray(a, fmt).requires_grad_(autodiff) for n, a in inputs.items()}
+        arrays = {n: self._asarray(a, fmt).requires_grad_(autodiff or second) for n, a in inputs.items()}
         y = self.b.asarray(np.asarray(targets, dtype=np.int64))
         value = self._call(self.candidate, arrays, y, gamma, threshold, "the candidate")
         if not torch.is_tensor(value):
@@ -255,23 +278,55 @@ class Runner:
                 raise CandidateError("the loss does not require grad (no autograd history): return a "
                                      "differentiable tensor, or pass grad=")
             try:
-                grads = torch.autograd.grad(value, [arrays[n] for n in self.names],
+                grads = torch.autograd.grad(value, [arrays[n] for n in self.names], create_graph=second,
                                             grad_outputs=torch.ones_like(value), allow_unused=True)
             except Exception as exc:
                 raise CandidateError(f"the backward pass raised {type(exc).__name__}: {_first_line(exc)}") from exc
             grads = tuple(torch.zeros_like(arrays[n]) if g is None else g for n, g in zip(self.names, grads))
         else:
-            grads = self._call(self.grad, {n: a.detach() for n, a in arrays.items()}, y, gamma, threshold,
-                               "the gradient function")
-        v, vf = self._numpy(value, "loss")
+            grads = self._call(self.grad, {n: a if second else a.detach() for n, a in arrays.items()}, y, gamma,
+                               threshold, "the gradient function")
+        hv = None
+        if second:
+            hv = self._torch_hvp(grads, arrays[self.names[0]], self._asarray(direction, fmt))
+        elif direction is not None:
+            hv = self._call(self.hvp, {n: a.detach() for n, a in arrays.items()}, y, gamma, threshold,
+                            "the Hessian-vector product function", extra=(self._asarray(direction, fmt),))
+        v, vf = self._numpy(value.detach(), "loss")
+        if isinstance(grads, (tuple, list)):
+            grads = tuple(g.detach() if torch.is_tensor(g) else g for g in grads)
+        elif torch.is_tensor(grads):
+            grads = grads.detach()
         g, gf = self._grads_out(grads)
-        return Result(v, vf, g, gf)
+        res = Result(v, vf, g, gf)
+        if hv is not None:
+            res.hvp, res.hvp_format = self._numpy(hv.detach() if torch.is_tensor(hv) else hv,
+                                                  "Hessian-vector product")
+        return res
+
+    @staticmethod
+    def _torch_hvp(grads, z, v):
+        """The derivative of the gradient with respect to ``z`` along ``v`` (the gradient's backward)."""
+        import torch
+
+        g = grads[0] if isinstance(grads, (tuple, list)) else grads
+        if not torch.is_tensor(g) or not g.requires_grad:
+            raise CandidateError("the gradient has no autograd history after create_graph=True: the candidate's "
+                                 "backward is not differentiable, so a double backward (MAML, Hessian-vector "
+                                 "products) would silently treat its Hessian as 0; make the backward "
+                                 "differentiable, raise there, or pass hvp=")
+        try:
+            (hv,) = torch.autograd.grad(g, z, grad_outputs=v.to(g.dtype), allow_unused=True)
+        except Exception as exc:
+            raise CandidateError(f"the double backward raised {type(exc).__name__}: {_first_line(exc)}") from exc
+        return torch.zeros_like(z) if hv is None else hv
 
     # ------------------------------------------------------------------ JAX
 
-    def _jax_fn(self, static: bool):
-        """``f(*arrays, y, g, t) -> (value, grads)``: jitted under ``jax.jit`` (γ, t static or traced)."""
-        key = static
+    def _jax_fn(self, static: bool, second: bool = False):
+        """``f(*arrays, y, g, t[, v]) -> (value, grads, hvp)``: jitted under ``jax.jit`` (γ, t static or
+        traced); ``second``: with the Hessian-vector product along ``v`` (else ``None``)."""
+        key = (static, second)
         if key in self._jitted:
             return self._jitted[key]
         import jax
@@ -281,16 +336,29 @@ class Runner:
 
         def both(*xs):
             self.traces += 1
-            arrays, (y, g, t) = dict(zip(names, xs[:len(names)])), xs[len(names):]
-            if self.grad is not None:
-                value = self._call(self.candidate, arrays, y, g, t, "the candidate")
-                return value, self._call(self.grad, arrays, y, g, t, "the gradient function")
+            arrays, (y, g, t) = dict(zip(names, xs[:len(names)])), xs[len(names):len(names) + 3]
+            v = xs[len(names) + 3] if second else None
 
-            def f(*diff):
-                return self._call(self.candidate, dict(zip(names, diff)), y, g, t, "the candidate")
+            def first(*diff):
+                a = dict(zip(names, diff))
+                if self.grad is not None:
+                    value = self._call(self.candidate, a, y, g, t, "the candidate")
+                    return value, self._call(self.grad, a, y, g, t, "the gradient function")
 
-            value, vjp = jax.vjp(f, *(arrays[n] for n in names))
-            return value, vjp(jnp.ones_like(value))
+                def f(*d):
+                    return self._call(self.candidate, dict(zip(names, d)), y, g, t, "the candidate")
+
+                value, vjp = jax.vjp(f, *diff)
+                return value, vjp(jnp.ones_like(value))
+
+            if v is None:
+                return (*first(*(arrays[n] for n in names)), None)
+            if self.hvp is not None:
+                hv = self._call(self.hvp, arrays, y, g, t, "the Hessian-vector product function", extra=(v,))
+                return (*first(*(arrays[n] for n in names)), hv)
+            rest = [arrays[n] for n in names[1:]]
+            (value, grads), (_, tangents) = jax.jvp(lambda z: first(z, *rest), (arrays[names[0]],), (v,))
+            return value, grads, tangents[0] if isinstance(tangents, (tuple, list)) else tangents
 
         if self.kind is Backend.JAX_JIT:
             n = len(names)
@@ -300,13 +368,15 @@ class Runner:
         self._jitted[key] = fn
         return fn
 
-    def _run_jax(self, inputs, fmt, targets, gamma, threshold):
+    def _run_jax(self, inputs, fmt, targets, gamma, threshold, direction=None):
         arrays = [self._asarray(inputs[n], fmt) for n in self.names]
         y = self.b.asarray(np.asarray(targets, dtype=np.int64))
         jit = self.kind is Backend.JAX_JIT
         static = bool(self.static_gamma) or not jit or self.notes_traced_unsupported
+        second = direction is not None
+        extra = (self._asarray(direction, fmt),) if second else ()
         try:
-            value, grads = self._jax_fn(static)(*arrays, y, gamma, threshold)
+            value, grads, hv = self._jax_fn(static, second)(*arrays, y, gamma, threshold, *extra)
         except Exception as exc:
             if not _is_tracer_error(exc):
                 raise
@@ -314,12 +384,15 @@ class Runner:
                 self.notes.append(f"traced γ unsupported: under jax.jit the candidate cannot take γ as a traced "
                                   f"value ({type(exc).__name__}: {_first_line(exc)}); γ was passed as a static "
                                   "argument instead (one compilation per γ)")
-                return self._run_jax(inputs, fmt, targets, gamma, threshold)
+                return self._run_jax(inputs, fmt, targets, gamma, threshold, direction)
             what = "traced γ unsupported" if jit and not static else "the candidate failed under tracing"
             raise CandidateError(f"{what}: {type(exc).__name__}: {_first_line(exc)}") from exc
         v, vf = self._numpy(value, "loss")
         g, gf = self._grads_out(grads)
-        return Result(v, vf, g, gf)
+        res = Result(v, vf, g, gf)
+        if second:
+            res.hvp, res.hvp_format = self._numpy(hv, "Hessian-vector product")
+        return res
 
     @property
     def timed_out(self) -> bool:

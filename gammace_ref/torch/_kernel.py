@@ -138,6 +138,20 @@ def is_traced(*tensors) -> bool:
     return any(isinstance(t, torch.Tensor) and (is_fake(t) or is_batched(t)) for t in tensors)
 
 
+def in_vmap() -> bool:
+    """Inside a ``torch.func.vmap`` level (``vmap``, ``jacfwd``, ``hessian``), whatever the inputs.
+
+    Dynamo refuses to compile there ("unsupported functorch tracing
+    attempt"), also for a call whose own tensors are not batched (the primal
+    logits under ``jacfwd``): such a call runs the core eagerly, its values
+    readable.
+    """
+    from torch._functorch import pyfunctorch
+
+    vmap = torch._C._functorch.TransformType.Vmap
+    return any(i.key() == vmap for i in pyfunctorch.retrieve_all_functorch_interpreters())
+
+
 def out_of_memory(exc: BaseException) -> bool:
     """An allocation failure (CUDA's ``OutOfMemoryError``, CPU's allocator ``RuntimeError``), not a compile failure."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
@@ -176,7 +190,7 @@ def run(logits, targets, opts, axis, compiled, need_grad):
     check_tensors([("logits", logits), ("targets", targets)])
     # Traced by a compiler, or batched by torch.func.vmap: no value can be read.
     tracing = is_traced(logits, targets)
-    if not compiled or tracing or _compile_error:
+    if not compiled or tracing or _compile_error or in_vmap():
         # Eagerly the gradient is the core's, not autograd's: detached, the core may work in place.
         return _api.value_and_grad(logits if tracing else logits.detach(), targets, opts, axis=axis,
                                    need_grad=need_grad, xp=xp, traced=tracing)

@@ -25,7 +25,7 @@ import warnings
 import torch
 
 from .. import _core, _options, _validation, linear
-from ._autograd import stored_times
+from ._autograd import first_order_only, stored_times
 from . import _kernel
 from ._kernel import _compile_error, check_tensors, is_batched, xp
 
@@ -126,6 +126,12 @@ def _fused(hidden, weight, bias, targets, opts, sizes, compiled, *, need_grad, s
     return res if stats else (res, None)
 
 
+SECOND_ORDER = ("gammace_ref.torch.linear_*: second derivatives (a gradient taken with create_graph=True and "
+                "differentiated again: MAML, gradient penalties, Hessian-vector products) are not implemented on "
+                "the hidden-states path; use the logits functions gammace_ref.torch.gamma_ce / tailr, whose second "
+                "derivatives are exact")
+
+
 class _Linear(torch.autograd.Function):
     """:mod:`gammace_ref.linear` in autograd: the gradients come with the loss, chunk by chunk.
 
@@ -155,13 +161,12 @@ class _Linear(torch.autograd.Function):
         ctx.opts, ctx.sizes, ctx.compiled, ctx.shard, ctx.has_bias = opts, sizes, compiled, shard, bias is not None
         ctx.mark_non_differentiable(*output[1:])
         ctx.set_materialize_grads(False)
-        if opts.reduction == "none":  # the backward pass runs the chunks again with the per-target cotangent
-            ctx.save_for_backward(hidden, weight, bias, targets)
-        else:
-            ctx.save_for_backward(*output[5:8])
+        # "none": the backward pass runs the chunks again with the per-target cotangent; a graph built by
+        # the backward pass (create_graph=True) leads back to the inputs
+        ctx.save_for_backward(hidden, weight, bias, targets, *(() if opts.reduction == "none" else output[5:8]))
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only(SECOND_ORDER, lambda ctx: ctx.saved_tensors[:3])
     def backward(ctx, g, *_):
         nothing = (None,) * 6
         if g is None:
@@ -172,7 +177,7 @@ class _Linear(torch.autograd.Function):
                             ctx.compiled, need_grad=True, stats=False, cotangent=g, shard=ctx.shard)
             grads = (out.hidden, out.weight, out.bias)
         else:
-            grads = stored_times(ctx.saved_tensors, g)
+            grads = stored_times(ctx.saved_tensors[4:], g)
             grads = grads[:2] + ((grads[2],) if ctx.has_bias else (None,))
         return tuple(t if need else None for t, need in zip(grads, ctx.needs_input_grad[:3])) + nothing
 

@@ -24,6 +24,12 @@ all-reduce MAX and one SUM of O(rows) values); the gradient with respect to
 ``weight`` and ``bias`` gradients stay on their rank.
 
 >>> loss = linear_gamma_ce(hidden, local_weight, targets, 0.1, offset=rank * C_local, n_classes=C)  # doctest: +SKIP
+
+As ``F.cross_entropy``, target -100 is ignored by default.  The derivatives
+are first order: a gradient differentiated again (MAML's outer step, a
+gradient penalty) raises ``NotImplementedError``, as does a γ or threshold
+tensor that requires grad (the logits functions of :mod:`gammace_ref.torch`
+have both, exact).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from .. import _api, _core, _docs, _execution, _validation, linear
-from . import _linear
+from . import _autograd, _linear
 from ._kernel import check_tensors
 from ._kernel import xp as _xp
 
@@ -51,6 +57,11 @@ def _plan(offset, n_classes, group, device):
                               sum=lambda a: _all_reduce(a, dist.ReduceOp.SUM, group))
 
 
+SECOND_ORDER = ("gammace_ref.torch.distributed: second derivatives (a gradient taken with create_graph=True and "
+                "differentiated again: MAML, gradient penalties, Hessian-vector products) are not implemented on "
+                "the vocabulary-parallel path")
+
+
 class _VocabParallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, opts, offset, n_classes, group):
@@ -60,29 +71,31 @@ class _VocabParallel(torch.autograd.Function):
         a = _validation.check_logits(logits.detach(), targets, opts, axis=-1, xp=_xp)
         plan = _plan(offset, n_classes, group, a.z.device)
         loss, grad, _ = _core.compute(_xp, a.z, a.y, opts, need_grad=True, plan=plan)
-        ctx.save_for_backward(_api.restore_layout(a, grad))
+        ctx.save_for_backward(_api.restore_layout(a, grad), logits)  # (logits: a graph built by backward leads to them)
         ctx.per_row = opts.reduction == "none"
         return loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_autograd.first_order_only(SECOND_ORDER, lambda ctx: ctx.saved_tensors[1:])
     def backward(ctx, g):
-        (grad,) = ctx.saved_tensors
+        grad = ctx.saved_tensors[0]
         g = g.unsqueeze(-1) if ctx.per_row else g
         return (grad * g.to(grad.dtype),) + (None,) * 5
 
 
-def gamma_ce(logits, targets, gamma, *, offset, n_classes, reduction="mean", ignore_index=None,
+def gamma_ce(logits, targets, gamma, *, offset, n_classes, reduction="mean", ignore_index=-100,
              label_smoothing=0.0, where=None, group=None):
     """γ-CE of the full vocabulary from this rank's slice ``logits[..., C_local]`` (class axis last)."""
-    opts = _validation.options_of(locals())
+    opts = _autograd.options(locals())
+    _autograd.no_followed_options("gammace_ref.torch.distributed", gamma)
     return _VocabParallel.apply(logits, targets, opts, offset, n_classes, group)
 
 
-def tailr(logits, targets, gamma, threshold, *, offset, n_classes, reduction="mean", ignore_index=None,
+def tailr(logits, targets, gamma, threshold, *, offset, n_classes, reduction="mean", ignore_index=-100,
           label_smoothing=0.0, where=None, group=None):
     """TaiLr (weight ``clip(w, b, 1)``, computed once per row) from this rank's slice of the classes."""
-    opts = _validation.options_of(locals())
+    opts = _autograd.options(locals())
+    _autograd.no_followed_options("gammace_ref.torch.distributed", gamma, threshold)
     return _VocabParallel.apply(logits, targets, opts, offset, n_classes, group)
 
 
@@ -109,12 +122,13 @@ _RANK = dict(weight=("tensor, shape (C_local, H)", "This rank's rows ``[offset, 
              bias=("tensor, shape (C_local,), or None", "This rank's slice of the bias."),
              offset=("int", "The first class of this rank's slice."),
              n_classes=("int", "C, the classes of all the ranks."),
-             group=("ProcessGroup or None", "The ranks that share the vocabulary (default: all)."))
+             group=("ProcessGroup or None", "The ranks that share the vocabulary (default: all)."),
+             ignore_index=_autograd.IGNORE_DOC)
 
 
 @_docs.shared("loss", **_RANK)
 def linear_gamma_ce(hidden, weight, targets, gamma, *, offset, n_classes, bias=None, reduction="mean",
-                    ignore_index=None, label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None,
+                    ignore_index=-100, label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None,
                     group=None, compiled=True):
     """γ-CE of the full vocabulary from hidden states and this rank's slice of the lm_head (vocabulary-parallel).
 
@@ -122,7 +136,8 @@ def linear_gamma_ce(hidden, weight, targets, gamma, *, offset, n_classes, bias=N
     indices) and returns the same loss; ``backward()`` gives ``hidden`` the
     full gradient and ``weight``/``bias`` this rank's slice of theirs.
     """
-    opts = _validation.options_of(locals())
+    opts = _autograd.options(locals())
+    _autograd.no_followed_options("gammace_ref.torch.distributed.linear_*", gamma)
     check_tensors([("weight", weight)])
     return _linear.run(hidden, weight, bias, targets, opts, memory_budget, chunk_size, compiled,
                        shard=_shard(offset, n_classes, weight.shape[0], group))
@@ -130,11 +145,12 @@ def linear_gamma_ce(hidden, weight, targets, gamma, *, offset, n_classes, bias=N
 
 @_docs.shared("loss", **_RANK)
 def linear_tailr(hidden, weight, targets, gamma, threshold, *, offset, n_classes, bias=None, reduction="mean",
-                 ignore_index=None, label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None,
+                 ignore_index=-100, label_smoothing=0.0, where=None, memory_budget=None, chunk_size=None,
                  group=None, compiled=True):
     """TaiLr (weight ``clip(w, b, 1)``, once per row) from hidden states and this rank's slice of the lm_head.
     """
-    opts = _validation.options_of(locals())
+    opts = _autograd.options(locals())
+    _autograd.no_followed_options("gammace_ref.torch.distributed.linear_*", gamma, threshold)
     check_tensors([("weight", weight)])
     return _linear.run(hidden, weight, bias, targets, opts, memory_budget, chunk_size, compiled,
                        shard=_shard(offset, n_classes, weight.shape[0], group))
