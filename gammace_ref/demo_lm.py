@@ -666,7 +666,8 @@ def _fmt(values, digits=2, sign=False):
     f = f"{{:{'+' if sign else ''}.{digits}f}}"
     if n == 1:
         return f.format(mean)
-    return f.format(mean) + "\u00a0±\u00a0" + f"{{:.{digits}f}}".format(sd)  # no-break spaces: one line per cell
+    # "±" kept with its mean (a no-break space), the sd free to wrap: wide tables fit the text column
+    return f.format(mean) + "\u00a0± " + f"{{:.{digits}f}}".format(sd)
 
 
 METRICS = (("ppl_oracle", "PPL_oracle ↓", 2), ("ppl_test", "PPL_test ↓", 2), ("bleu4", "BLEU-4 ↑", 3),
