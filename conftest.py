@@ -56,6 +56,19 @@ SLOW = (
     "gammace_ref/conformance/test_oracle_torch.py::test_torch_and_jax_adapters_pass_as_candidates",
     "gammace_ref/conformance/test_oracle_second_order.py::TestJax::test_the_adapters_pass_in_every_regime",
     "gammace_ref/conformance/test_relations.py::test_gamma_zero_is_torch_cross_entropy[jax]",
+    # Second order and dL/dγ: the default run keeps the core's HVPs and dL/dγ in every regime but
+    # C = 100000 (mpmath, ~30 s each), torch's, and JAX's through the oracle and the MAML/optax tests;
+    # the exhaustive JAX transformation matrix compiles per regime and transformation (minutes).
+    "tests/test_second_order.py::test_core_hvp[huge_vocab-*",
+    "tests/test_second_order.py::test_jax_hessian_rows_every_way[*",
+    "tests/test_second_order.py::test_jvp_tangents[*",
+    "tests/test_second_order.py::test_jax_hvp[*",
+    "tests/test_second_order.py::test_every_jax_transformation_agrees",
+    "tests/test_second_order.py::test_reverse_over_forward_limits_are_as_documented*",
+    "tests/test_dgamma.py::test_core_dgamma_in_every_regime[huge_vocab-*",
+    "tests/test_dgamma.py::test_jax_gamma_derivatives[*",
+    "tests/test_transformations.py::test_jax_linear_derivatives_equal_the_logits_path[*",
+    "tests/test_docs_transformations.py::test_block_runs_in_a_fresh_interpreter*",
 )
 
 # Exact-float claims, besides the tests marked @pytest.mark.exact and every doctest (patterns as in
