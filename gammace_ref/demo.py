@@ -94,6 +94,13 @@ class DemoResult:
     seconds: float = 0.0
 
 
+def save_figure(fig, out, name, files) -> None:
+    """Write ``fig`` as ``out/name`` (PNG, 100 dpi) and add its path to ``files`` (both demos' figures)."""
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=100)
+    files.append(path)
+
+
 def expected_calibration_error(confidence, correct, bins=BINS):
     """Expected calibration error: ``Σ_b |B_b|/n · |accuracy(B_b) - confidence(B_b)|``.
 
@@ -280,9 +287,7 @@ def _plots(out, runs, pooled, losses, noise_levels, reliability_noise):
     axes.ravel()[0].legend(loc="upper left", fontsize=8)
     fig.suptitle(f"Reliability on the clean test split, {reliability_noise:.0%} label noise (seeds pooled)\n"
                  "accuracy above the diagonal: under-confident; below: over-confident", fontsize=11)
-    path = os.path.join(out, "demo-reliability.png")
-    fig.savefig(path, dpi=100)
-    files.append(path)
+    save_figure(fig, out, "demo-reliability.png", files)
 
     # Accuracy and ECE against the noise level.
     fig = Figure(figsize=(11, 4), layout="constrained")
@@ -303,9 +308,7 @@ def _plots(out, runs, pooled, losses, noise_levels, reliability_noise):
         ax.set_xlabel("symmetric label noise on the training set (%)")
         ax.grid(alpha=0.3)
     ax_acc.legend(fontsize=8)
-    path = os.path.join(out, "demo-noise.png")
-    fig.savefig(path, dpi=100)
-    files.append(path)
+    save_figure(fig, out, "demo-noise.png", files)
     return files
 
 

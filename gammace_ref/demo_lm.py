@@ -750,10 +750,21 @@ def _plots(out, result, setting, losses):
     import numpy as np
     from matplotlib.figure import Figure
 
+    from .demo import save_figure
+
     runs = result.runs
     names = [loss.name for loss in losses if any(r["loss"] == loss.name for r in runs)]
     colors = {name: f"C{i}" for i, name in enumerate(names)}
     files = []
+
+    def finish(fig, ax, name, xlabel, ylabel, title):
+        """Labels, grid and legend of a one-panel figure, then ``out/name``."""
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        save_figure(fig, out, name, files)
 
     # Quality against coverage.
     fig = Figure(figsize=(6.4, 5.0), layout="constrained")
@@ -780,14 +791,10 @@ def _plots(out, result, setting, losses):
     ax.scatter([ox], [oy], marker="*", s=160, color="black", label="oracle", zorder=3)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("PPL_test: the model's perplexity on held-out oracle text (coverage) ↓")
-    ax.set_ylabel("PPL_oracle: the oracle's perplexity on the model's samples (quality) ↓")
-    ax.set_title("Quality against coverage (points: seeds; bars: mean ± sd)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    path = os.path.join(out, "lm-quality-coverage.png")
-    fig.savefig(path, dpi=100)
-    files.append(path)
+    finish(fig, ax, "lm-quality-coverage.png",
+           "PPL_test: the model's perplexity on held-out oracle text (coverage) ↓",
+           "PPL_oracle: the oracle's perplexity on the model's samples (quality) ↓",
+           "Quality against coverage (points: seeds; bars: mean ± sd)")
 
     # Perturbation curves.
     fig = Figure(figsize=(13, 4.2), layout="constrained")
@@ -811,9 +818,7 @@ def _plots(out, result, setting, losses):
     axes[0].legend(fontsize=8)
     fig.suptitle("How much more probability than the oracle each model gives corrupted oracle sequences "
                  "(mean ± sd over seeds)", fontsize=11)
-    path = os.path.join(out, "lm-perturbation.png")
-    fig.savefig(path, dpi=100)
-    files.append(path)
+    save_figure(fig, out, "lm-perturbation.png", files)
 
     # Validation NLL per epoch.
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
@@ -825,14 +830,8 @@ def _plots(out, result, setting, losses):
             ax.plot([r["best_epoch"]], [r["valid_nll"]], "o", color=colors[name], ms=4)
     ent = _mean_sd([s["entropy_per_token"] for s in result.oracle])[0]
     ax.axhline(ent, color="black", ls=":", lw=1, label="oracle entropy")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation NLL (nats per token)")
-    ax.set_title("Early stopping: validation NLL per epoch (dots: the kept checkpoint)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    path = os.path.join(out, "lm-training.png")
-    fig.savefig(path, dpi=100)
-    files.append(path)
+    finish(fig, ax, "lm-training.png", "epoch", "validation NLL (nats per token)",
+           "Early stopping: validation NLL per epoch (dots: the kept checkpoint)")
     return files
 
 

@@ -208,20 +208,30 @@ def test_torch_hvp_double_backward(torch, name, loss):
         check(hv.numpy(), name, "float64", gamma, loss)
 
 
+def assert_hessian_rows(H, rows, y, gamma, b, tol, *label):
+    """The diagonal blocks ``H[i, :, i, :]`` of a full Hessian against mpmath's rows, norm-wise per row."""
+    for i, (r, t) in enumerate(zip(rows, y)):
+        err = rowwise_error(H[i, :, i, :], to_float64(reference.hessian_row(r, t, gamma, b)), "float64")
+        assert err <= tol, (*label, gamma, i, err)
+
+
+def hessian_cases(name, loss):
+    """``(z, y, rows, gamma, b, args)`` of regime ``name`` (float64) for every γ; ``args`` follow the targets."""
+    z, y, _, rows, _ = case(name, "float64")
+    b = B if loss == "tailr" else None
+    for gamma in RG.GAMMAS:
+        yield z, y, rows, gamma, b, ((gamma, B) if loss == "tailr" else (gamma,))
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("name", SMALL)
 def test_torch_hessian_rows(torch, name, loss):
     import gammace_ref.torch as GT
 
-    z, y, _, rows, _ = case(name, "float64")
-    b = B if loss == "tailr" else None
-    for gamma in RG.GAMMAS:
-        args = (gamma, B) if loss == "tailr" else (gamma,)
+    for z, y, rows, gamma, b, args in hessian_cases(name, loss):
         H = torch.func.hessian(lambda z: getattr(GT, loss)(z, torch.tensor(y), *args, reduction="sum",
                                                            compiled=False))(torch.tensor(z)).numpy()
-        for i, (r, t) in enumerate(zip(rows, y)):
-            err = rowwise_error(H[i, :, i, :], to_float64(reference.hessian_row(r, t, gamma, b)), "float64")
-            assert err <= RG.TOLERANCE["float64"], (name, gamma, loss, i, err)
+        assert_hessian_rows(H, rows, y, gamma, b, RG.TOLERANCE["float64"], name, loss)
 
 
 # --------------------------------------------------------------------------- JAX
@@ -250,9 +260,7 @@ def test_reverse_over_forward_limits_are_as_documented(jax):
         z, y, _, rows, _ = case(name, "float64")
         f = _jax_f(GJ, "gamma_ce", jnp.asarray(y), 1.0 - 1e-9)
         H = np.asarray(jax.jacrev(jax.jacfwd(f))(jnp.asarray(z)))
-        for i, (r, t) in enumerate(zip(rows, y)):
-            err = rowwise_error(H[i, :, i, :], to_float64(reference.hessian_row(r, t, 1.0 - 1e-9)), "float64")
-            assert err <= 1e-6, (name, i, err)
+        assert_hessian_rows(H, rows, y, 1.0 - 1e-9, None, 1e-6, name)
 
 
 def _jax_f(GJ, loss, y, gamma):
@@ -288,18 +296,14 @@ def test_jax_hessian_rows_every_way(jax, name, loss):
 
     import gammace_ref.jax as GJ
 
-    z, y, _, rows, _ = case(name, "float64")
-    b = B if loss == "tailr" else None
-    for gamma in RG.GAMMAS:
+    for z, y, rows, gamma, b, _ in hessian_cases(name, loss):
         f = _jax_f(GJ, loss, jnp.asarray(y), gamma)
         ways = [jax.hessian, lambda f: jax.jit(jax.hessian(f))]
         if name not in REVERSE_OVER_FORWARD_LIMITS:
             ways.append(lambda f: jax.jacrev(jax.jacfwd(f)))
         for way in ways:
             H = np.asarray(way(f)(jnp.asarray(z)))
-            for i, (r, t) in enumerate(zip(rows, y)):
-                err = rowwise_error(H[i, :, i, :], to_float64(reference.hessian_row(r, t, gamma, b)), "float64")
-                assert err <= RG.TOLERANCE["float64"], (name, gamma, loss, i, err)
+            assert_hessian_rows(H, rows, y, gamma, b, RG.TOLERANCE["float64"], name, loss)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
